@@ -1,0 +1,160 @@
+"""Shared pieces of dataset preparation: datalists, skip reports, grouped splits, progress.
+
+Every dataset module (``duke``, ``vindr_cxr``, ``btcv``, ``paip``) provides
+
+- ``synthesize(out: Path, cases: int, seed: int) -> None``: write a synthetic dataset in the
+  real on-disk layout;
+- ``add_prepare_args(parser)``: its dataset-specific ``prepare`` options;
+- ``prepare(raw: Path, out: Path, overwrite: bool, **options) -> dict``: read the real layout,
+  write prepared files plus ``datalist.json`` (``training`` / ``validation`` / ``test``) and
+  ``skipped.json`` into ``out``; returns the datalist.
+
+Preparation is idempotent: a case whose outputs exist is not recomputed unless ``overwrite``.
+A case that cannot be read is skipped with its reason (file named), logged, and listed in
+``skipped.json``: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DATALIST_NAME = "datalist.json"
+SKIPPED_NAME = "skipped.json"
+SPLITS = ("training", "validation", "test")
+
+
+class DataError(ValueError):
+    """A problem with one input file; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class SkipLog:
+    """Collects cases that could not be prepared, with the reason."""
+
+    entries: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, case: str, reason: str | BaseException, path: str | os.PathLike | None = None) -> None:
+        if isinstance(reason, DataError) and path is None:
+            path = reason.path
+        entry = {"case": str(case), "reason": str(reason)}
+        if path is not None:
+            entry["file"] = str(path)
+        self.entries.append(entry)
+        logger.warning("skipping case %s: %s", case, reason)
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / SKIPPED_NAME
+        path.write_text(json.dumps(self.entries, indent=2) + "\n")
+        if self.entries:
+            logger.warning("%d case(s) skipped; reasons in %s", len(self.entries), path)
+        return path
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Integer split sizes of ``n`` items in the given proportions (largest remainder)."""
+    f = np.asarray(fractions, dtype=float)
+    f = f / f.sum()
+    raw = f * n
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def grouped_split(
+    groups: Sequence[str], fractions: Sequence[float] = (0.64, 0.16, 0.20), seed: int = 0
+) -> dict[str, str]:
+    """Assign each group (e.g. patient id) to a split, deterministically for a seed.
+
+    Returns ``{group: split_name}``; all items of a group land in the same split.
+    """
+    uniq = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    counts = split_counts(len(uniq), fractions)
+    assign: dict[str, str] = {}
+    start = 0
+    for name, c in zip(SPLITS, counts):
+        for i in order[start : start + c]:
+            assign[uniq[i]] = name
+        start += c
+    return assign
+
+
+def relative_to(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root)
+
+
+def write_datalist(
+    out_dir: Path,
+    datalist: Mapping[str, Iterable[Mapping[str, Any]]],
+    filename: str = DATALIST_NAME,
+    **meta: Any,
+) -> Path:
+    """Write ``datalist.json`` (or ``filename``) with ``training``/``validation``/``test`` lists
+    (paths relative to ``out_dir``, as MONAI's ``load_decathlon_datalist`` expects with
+    ``base_dir``)."""
+    out_dir = Path(out_dir)
+    body: dict[str, Any] = {k: list(v) for k, v in datalist.items()}
+    for s in SPLITS:
+        body.setdefault(s, [])
+    body.update(meta)
+    path = out_dir / filename
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.replace(path)
+    logger.info(
+        "datalist %s: %s", path, ", ".join(f"{s}={len(body[s])}" for s in SPLITS)
+    )
+    return path
+
+
+def atomic_path(path: Path) -> Path:
+    """A temporary sibling path to write to before renaming onto ``path`` (no half files)."""
+    return path.with_name(f".{path.name}.partial{path.suffix}")
+
+
+OPTIONS_NAME = "prepare_options.json"
+
+
+def check_options(out_dir: Path, options: Mapping[str, Any], overwrite: bool) -> None:
+    """Guard idempotent preparation against stale outputs.
+
+    ``options`` are the settings that change the prepared files (sizes, levels, ...). They are
+    recorded in ``out_dir/prepare_options.json``; a later run into the same ``out_dir`` with
+    different options raises unless ``overwrite`` (finished cases would otherwise be kept
+    although they were made with other settings).
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / OPTIONS_NAME
+    current = json.loads(json.dumps(dict(options)))  # normalise tuples -> lists
+    if path.exists() and not overwrite:
+        previous = json.loads(path.read_text())
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise DataError(
+                path,
+                f"{out_dir} was prepared with other options ({', '.join(changed)}: "
+                f"{ {k: previous.get(k) for k in changed} } -> { {k: current.get(k) for k in changed} }); "
+                "use --overwrite or another --out",
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2) + "\n")

@@ -1,0 +1,257 @@
+"""Multi-head self-attention modules behind one registry.
+
+Every registered module has the same constructor and call signature::
+
+    attn = build_attention(name, hidden_size=C, num_heads=h, qkv_bias=False, dropout_rate=0.0)
+    y = attn(x, mask)      # x: (B, N, C) -> y: (B, N, C); mask: optional bool (B, N), True = real token
+
+``mask`` is a key-padding mask: padded tokens (``False``) contribute nothing to the output of
+real tokens -- not as keys/values and not to any statistic computed over the sequence. The
+outputs at padded positions are set to zero.
+
+Registered types:
+
+- ``softmax``: exact scaled dot-product attention (``torch.nn.functional.scaled_dot_product_attention``).
+- ``softmax_free``: softmax-free attention with *sequence normalization* (Khader et al.,
+  "Compute-Efficient Medical Image Classification with Softmax-Free Transformers and Sequence
+  Normalization", Sec. 2.1). Q, K and V are each normalized over the token axis, per sample and
+  per feature, to zero mean and unit variance, then scaled and shifted with learnable per-feature
+  ``gamma``/``beta`` (separate for Q, K, V). No softmax: ``K^T V`` (``d x d`` per head) is computed
+  first, then ``Q (K^T V)``, scaled by ``1/N`` (``N`` = number of real tokens). Linear in ``N``.
+- ``sima``: SimA (Koohpayegani & Pirsiavash, WACV 2024): Q and K L1-normalized over the token axis
+  per channel and head; no softmax, no scale; ``(Q K^T) V`` or ``Q (K^T V)``, whichever is cheaper
+  (``N <= d`` or not).
+
+New types are added with :func:`register_attention`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ATTENTION_REGISTRY",
+    "register_attention",
+    "build_attention",
+    "MultiHeadAttentionBase",
+    "SoftmaxAttention",
+    "SoftmaxFreeAttention",
+    "SimAAttention",
+    "sequence_norm",
+]
+
+logger = logging.getLogger(__name__)
+
+#: attention name -> module class
+ATTENTION_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_attention(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding an attention module to :data:`ATTENTION_REGISTRY` under ``name``."""
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in ATTENTION_REGISTRY and ATTENTION_REGISTRY[name] is not cls:
+            raise ValueError(f"attention type {name!r} is already registered ({ATTENTION_REGISTRY[name].__name__})")
+        ATTENTION_REGISTRY[name] = cls
+        cls.attention_name = name
+        return cls
+
+    return deco
+
+
+def check_attention_name(name: str) -> str:
+    if name not in ATTENTION_REGISTRY:
+        raise ValueError(f"unknown attention {name!r}; registered attention types: {sorted(ATTENTION_REGISTRY)}")
+    return name
+
+
+def build_attention(name: str, **kwargs) -> nn.Module:
+    """Instantiate the registered attention ``name`` (ValueError listing the names if unknown)."""
+    return ATTENTION_REGISTRY[check_attention_name(name)](**kwargs)
+
+
+class MultiHeadAttentionBase(nn.Module):
+    """Shared projections of all attention types: ``qkv`` (C -> 3 * h * d) and ``out_proj`` (h * d -> C).
+
+    Subclasses implement :meth:`attend` on per-head tensors. Parameter names are the same for every
+    type, so weights transfer between types (see :func:`monai_ext.networks.vit.transfer_weights`).
+
+    Args:
+        hidden_size: C, token dimension.
+        num_heads: h.
+        dropout_rate: dropout on the output projection (and on attention weights where they exist).
+        qkv_bias: bias in the qkv projection.
+        dim_head: d, per-head dimension; default ``C // h``.
+    """
+
+    attention_name = "base"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = False,
+        dim_head: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= dropout_rate <= 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1], got {dropout_rate}")
+        if dim_head is None:
+            if hidden_size % num_heads != 0:
+                raise ValueError(
+                    f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}); "
+                    f"choose num_heads among the divisors of {hidden_size} or set dim_head"
+                )
+            dim_head = hidden_size // num_heads
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.dim_head = dim_head
+        self.inner_dim = num_heads * dim_head
+        self.dropout_rate = dropout_rate
+        self.qkv = nn.Linear(hidden_size, 3 * self.inner_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(self.inner_dim, hidden_size)
+        self.drop_output = nn.Dropout(dropout_rate)
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.reshape(b, n, self.num_heads, self.dim_head).transpose(1, 2)  # (B, h, N, d)
+
+    def _merge_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = t.shape
+        return t.transpose(1, 2).reshape(b, n, self.inner_dim)
+
+    def project(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]):
+        """Hook on the concatenated ``(B, N, h*d)`` q, k, v before the head split (identity here)."""
+        return q, k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``(B, h, N, d)`` x3 -> ``(B, h, N, d)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, N, C)`` tokens.
+            mask: optional ``(B, N)`` bool, True for real tokens, False for padding.
+        Returns:
+            ``(B, N, C)``; zero at padded positions.
+        """
+        if mask is not None:
+            if mask.dim() != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] != x.shape[1]:
+                raise ValueError("mask must be (B, N) bool matching the tokens (B, N, C)")
+        qkv = self.qkv(x)
+        c = self.inner_dim
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        q, k, v = self.project(q, k, v, mask)
+        out = self.attend(self._split_heads(q), self._split_heads(k), self._split_heads(v), mask)
+        out = self.drop_output(self.out_proj(self._merge_heads(out)))
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        return out
+
+
+@register_attention("softmax")
+class SoftmaxAttention(MultiHeadAttentionBase):
+    """Exact ``softmax(Q K^T / sqrt(d)) V`` through PyTorch's fused SDPA kernels."""
+
+    def attend(self, q, k, v, mask: Optional[torch.Tensor]):
+        attn_mask: Optional[torch.Tensor] = None
+        if mask is not None:
+            attn_mask = mask[:, None, None, :]  # (B, 1, 1, N): keys only
+        p = self.dropout_rate if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+
+
+def sequence_norm(x: torch.Tensor, mask: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
+    """Normalize ``(B, N, C)`` over the token axis, per sample and feature: zero mean, unit variance.
+
+    Statistics use real tokens only (``mask``: ``(B, N)`` bool); padded positions come out as zero.
+    The variance is the biased one (as in instance/batch normalization).
+    """
+    if mask is None:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + eps)
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
+    n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=1, keepdim=True) / n
+    centered = (x - mean) * m
+    var = (centered * centered).sum(dim=1, keepdim=True) / n
+    return centered * torch.rsqrt(var + eps)
+
+
+@register_attention("softmax_free")
+class SoftmaxFreeAttention(MultiHeadAttentionBase):
+    """Softmax-free attention with sequence normalization (linear in ``N``).
+
+    ``Q~ = gamma_q * SeqNorm(Q) + beta_q`` (likewise K, V, each with its own ``(h*d,)`` parameters),
+    per head ``out = Q~ (K~^T V~) / N``. Padded tokens are zeroed in ``K~`` and ``V~`` after the
+    affine shift, so they add nothing to ``K~^T V~``; ``N`` counts real tokens only.
+
+    Args:
+        eps: variance epsilon of the sequence normalization.
+        (others as :class:`MultiHeadAttentionBase`)
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout_rate: float = 0.0, qkv_bias: bool = False,
+                 dim_head: Optional[int] = None, eps: float = 1e-5) -> None:
+        super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias, dim_head)
+        self.eps = eps
+        self.q_gamma = nn.Parameter(torch.ones(self.inner_dim))
+        self.q_beta = nn.Parameter(torch.zeros(self.inner_dim))
+        self.k_gamma = nn.Parameter(torch.ones(self.inner_dim))
+        self.k_beta = nn.Parameter(torch.zeros(self.inner_dim))
+        self.v_gamma = nn.Parameter(torch.ones(self.inner_dim))
+        self.v_beta = nn.Parameter(torch.zeros(self.inner_dim))
+
+    def project(self, q, k, v, mask: Optional[torch.Tensor]):
+        q = sequence_norm(q, mask, self.eps) * self.q_gamma + self.q_beta
+        k = sequence_norm(k, mask, self.eps) * self.k_gamma + self.k_beta
+        v = sequence_norm(v, mask, self.eps) * self.v_gamma + self.v_beta
+        if mask is not None:
+            m = mask.unsqueeze(-1).to(k.dtype)
+            k = k * m
+            v = v * m
+        return q, k, v
+
+    def attend(self, q, k, v, mask: Optional[torch.Tensor]):
+        kv = torch.matmul(k.transpose(-2, -1), v)  # (B, h, d, d)
+        if mask is None:
+            kv = kv / q.shape[2]
+        else:
+            kv = kv / mask.sum(dim=1).to(q.dtype).clamp_min(1.0).view(-1, 1, 1, 1)
+        return torch.matmul(q, kv)  # (B, h, N, d)
+
+
+@register_attention("sima")
+class SimAAttention(MultiHeadAttentionBase):
+    """SimA: ``Q^ = Q / ||Q||_1`` and ``K^ = K / ||K||_1`` with the L1 norm over tokens, per channel and
+    head; ``out = Q^ K^^T V`` with the matmul order picked by ``N`` vs ``d`` (no softmax, no scale).
+
+    Args:
+        eps: floor of the L1 norm.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout_rate: float = 0.0, qkv_bias: bool = False,
+                 dim_head: Optional[int] = None, eps: float = 1e-6) -> None:
+        super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias, dim_head)
+        self.eps = eps
+
+    def attend(self, q, k, v, mask: Optional[torch.Tensor]):
+        if mask is not None:
+            m = mask[:, None, :, None].to(q.dtype)  # (B, 1, N, 1)
+            q = q * m
+            k = k * m
+        q = q / q.abs().sum(dim=2, keepdim=True).clamp_min(self.eps)
+        k = k / k.abs().sum(dim=2, keepdim=True).clamp_min(self.eps)
+        if q.shape[2] <= q.shape[3]:
+            return torch.matmul(torch.matmul(q, k.transpose(-2, -1)), v)
+        return torch.matmul(q, torch.matmul(k.transpose(-2, -1), v))

@@ -1,0 +1,159 @@
+"""Attention types against independent naive implementations of their formulas."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from monai_ext.networks import ATTENTION_REGISTRY, build_attention
+
+TYPES = ["softmax", "softmax_free", "sima"]
+
+
+def _qkv_heads(attn, x):
+    """Per-head q, k, v as plain (B, h, N, d) tensors, computed from the module's weights by hand."""
+    w, b = attn.qkv.weight, attn.qkv.bias
+    y = x @ w.T + (b if b is not None else 0)
+    c = attn.inner_dim
+    q, k, v = y[..., :c], y[..., c : 2 * c], y[..., 2 * c :]
+    return q, k, v
+
+
+def _heads(t, h):
+    bsz, n, c = t.shape
+    return t.reshape(bsz, n, h, c // h).permute(0, 2, 1, 3)
+
+
+def naive_attention(attn, x, mask=None):
+    """Loop over samples; only the real tokens of each sample enter its computation."""
+    h = attn.num_heads
+    name = attn.attention_name
+    outs = []
+    for i in range(x.shape[0]):
+        keep = torch.ones(x.shape[1], dtype=torch.bool) if mask is None else mask[i]
+        xi = x[i : i + 1, keep]
+        q, k, v = _qkv_heads(attn, xi)
+        n = xi.shape[1]
+        if name == "softmax_free":
+            def seqnorm(t, g, bt):
+                mu = t.mean(dim=1, keepdim=True)
+                var = ((t - mu) ** 2).mean(dim=1, keepdim=True)
+                return (t - mu) / torch.sqrt(var + attn.eps) * g + bt
+
+            q = seqnorm(q, attn.q_gamma, attn.q_beta)
+            k = seqnorm(k, attn.k_gamma, attn.k_beta)
+            v = seqnorm(v, attn.v_gamma, attn.v_beta)
+            q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+            o = (q @ k.transpose(-1, -2)) @ v / n  # explicit quadratic form
+        elif name == "sima":
+            q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+            q = q / q.abs().sum(dim=2, keepdim=True)
+            k = k / k.abs().sum(dim=2, keepdim=True)
+            o = (q @ k.transpose(-1, -2)) @ v
+        elif name == "softmax":
+            q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+            a = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+            o = a @ v
+        else:
+            raise AssertionError(name)
+        o = o.permute(0, 2, 1, 3).reshape(1, n, -1)
+        o = o @ attn.out_proj.weight.T + attn.out_proj.bias
+        full = torch.zeros(x.shape[1], x.shape[2], dtype=x.dtype)
+        full[keep] = o[0]
+        outs.append(full)
+    return torch.stack(outs)
+
+
+def _random_affine(attn):
+    """Non-trivial gamma/beta so the test checks that they are applied per feature."""
+    with torch.no_grad():
+        for name, p in attn.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("beta"):
+                p.copy_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("n_tokens", [5, 40])  # N < d (d = 16) and N > d
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_matches_naive_formula(name, n_tokens, with_mask):
+    torch.manual_seed(0)
+    attn = build_attention(name, hidden_size=64, num_heads=4, qkv_bias=True).double().eval()
+    _random_affine(attn)
+    x = torch.randn(3, n_tokens, 64, dtype=torch.float64)
+    mask = None
+    if with_mask:
+        mask = torch.ones(3, n_tokens, dtype=torch.bool)
+        mask[0, -2:] = False
+        mask[2, 1] = False  # padding need not be at the end
+    got = attn(x, mask)
+    want = naive_attention(attn, x, mask)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_padding_does_not_change_real_tokens(name):
+    torch.manual_seed(1)
+    attn = build_attention(name, hidden_size=32, num_heads=2).eval()
+    _random_affine(attn)
+    x = torch.randn(2, 20, 32)
+    ref = attn(x)
+    padded = torch.cat([x, 100 * torch.randn(2, 7, 32)], dim=1)  # garbage in the padding
+    mask = torch.cat([torch.ones(2, 20, dtype=torch.bool), torch.zeros(2, 7, dtype=torch.bool)], dim=1)
+    out = attn(padded, mask)
+    torch.testing.assert_close(out[:, :20], ref, atol=1e-5, rtol=1e-4)
+    assert torch.all(out[:, 20:] == 0)
+
+
+def test_unknown_name_lists_registered():
+    with pytest.raises(ValueError) as e:
+        build_attention("flash", hidden_size=32, num_heads=2)
+    for name in TYPES:
+        assert name in str(e.value)
+    assert set(TYPES) <= set(ATTENTION_REGISTRY)
+
+
+def test_heads_must_divide_hidden():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        build_attention("softmax_free", hidden_size=30, num_heads=4)
+
+
+def test_bad_mask_shape():
+    attn = build_attention("softmax_free", hidden_size=16, num_heads=2)
+    with pytest.raises(ValueError, match="mask"):
+        attn(torch.randn(2, 5, 16), torch.ones(2, 6, dtype=torch.bool))
+
+
+def _saved_bytes_and_time(attn, n, repeats=3):
+    """Bytes the autograd graph keeps for backward (activation memory) and the best fwd+bwd time."""
+    x = torch.randn(1, n, attn.hidden_size, requires_grad=True)
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attn(x).sum().backward()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        attn(x).sum().backward()
+        best = min(best, time.perf_counter() - t0)
+    return saved, best
+
+
+def test_softmax_free_scales_linearly():
+    """Measured: N 1024 -> 8192 (8x) must cost far less than the 64x of a quadratic method."""
+    torch.manual_seed(0)
+    sf = build_attention("softmax_free", hidden_size=64, num_heads=4)
+    mem_small, t_small = _saved_bytes_and_time(sf, 1024)
+    mem_big, t_big = _saved_bytes_and_time(sf, 8192)
+    mem_ratio, time_ratio = mem_big / mem_small, t_big / t_small
+    assert mem_ratio < 12, f"activation memory grew {mem_ratio:.1f}x for 8x tokens"
+    assert time_ratio < 24, f"time grew {time_ratio:.1f}x for 8x tokens"
