@@ -35,12 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="read a dataset's real layout and write prepared files + datalist.json")
     psub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     for name in sorted(DATASETS):
+        try:
+            module = _module(name)
+        except ModuleNotFoundError as e:  # a dataset not in this installation
+            if e.name != DATASETS[name]:
+                raise
+            continue
         dp = psub.add_parser(name)
         dp.add_argument("--raw", type=Path, required=True, help="dataset root as downloaded")
         dp.add_argument("--out", type=Path, required=True)
         dp.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
         dp.add_argument("--seed", type=int, default=0, help="seed of the train/validation/test split")
-        _module(name).add_prepare_args(dp)
+        module.add_prepare_args(dp)
         dp.set_defaults(func=_prepare)
 
 

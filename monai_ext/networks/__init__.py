@@ -10,6 +10,7 @@ from .attention import (
     register_attention,
     sequence_norm,
 )
+from .apf_unetr import APFUNETR
 from .unetr import UNETR
 from .vit import VIT_PRESETS, TransferReport, TransformerBlock, ViT, transfer_weights, vit_preset
 
@@ -23,6 +24,7 @@ __all__ = [
     "register_attention",
     "sequence_norm",
     "UNETR",
+    "APFUNETR",
     "VIT_PRESETS",
     "TransferReport",
     "TransformerBlock",
