@@ -1,0 +1,151 @@
+"""Dataset checks a bundle runs before training starts, so bad input fails in seconds, naming the file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PREPARE_HINT = ("create it with `monai-ext synth <dataset> --out RAW && monai-ext prepare <dataset> --raw RAW "
+                "--out DIR`, or point dataset_dir at your prepared data")
+
+
+class DatasetError(ValueError):
+    """The dataset given to a bundle is unusable; the message names the file and the problem."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_datalist(dataset_dir: str | Path, split: str, datalist: str = "datalist.json",
+                  path_keys: Sequence[str] = ("image", "label")) -> list[dict[str, Any]]:
+    """Entries of ``split`` with the ``path_keys`` made absolute against ``dataset_dir``.
+
+    Keys whose values are not strings (e.g. a class index under ``label``) are left as they are.
+    """
+    root = Path(dataset_dir)
+    path = root / datalist
+    if not path.is_file():
+        raise DatasetError(f"{path}: datalist not found; {PREPARE_HINT}")
+    body = _read_json(path)
+    if split not in body:
+        raise DatasetError(f"{path}: no {split!r} split (has {sorted(k for k in body if isinstance(body[k], list))})")
+    out = []
+    for item in body[split]:
+        item = dict(item)
+        for k in path_keys:
+            if isinstance(item.get(k), str):
+                item[k] = str(root / item[k])
+        out.append(item)
+    return out
+
+
+def _spatial_shape(path: Path) -> tuple[int, ...]:
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return tuple(int(s) for s in nib.load(str(path)).shape[:3])
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return (h, w)
+
+
+def _label_values(path: Path) -> np.ndarray:
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        arr = np.asarray(nib.load(str(path)).dataobj)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    return np.unique(arr)
+
+
+def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
+                   splits: Sequence[str] = ("training", "validation"), image_key: str = "image",
+                   label_key: str = "label", task: str = "classification", num_classes: int = 2,
+                   check_label_values: bool = True, max_problems: int = 20) -> dict[str, int]:
+    """Check a prepared dataset before training; raise :class:`DatasetError` listing the problems.
+
+    Checks: ``dataset_dir`` exists and is not empty; the datalist exists and each split in ``splits``
+    has entries; every referenced file exists; classification labels are integers in
+    ``[0, num_classes)``; segmentation labels have the image's spatial shape and values in
+    ``[0, num_classes)``. Returns the number of entries per split.
+    """
+    if task not in ("classification", "segmentation"):
+        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DatasetError(f"dataset_dir {root} does not exist; {PREPARE_HINT}")
+    if not any(root.iterdir()):
+        raise DatasetError(f"dataset_dir {root} is empty; {PREPARE_HINT}")
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for split in splits:
+        items = load_datalist(root, split, datalist)
+        counts[split] = len(items)
+        if not items:
+            problems.append(f"{root / datalist}: split {split!r} is empty")
+        for i, item in enumerate(items):
+            where = f"{root / datalist} [{split}][{i}]"
+            img = item.get(image_key)
+            if not isinstance(img, str):
+                problems.append(f"{where}: no {image_key!r} path")
+                continue
+            img_path = Path(img)
+            if not img_path.is_file():
+                problems.append(f"{img_path}: image file missing (listed in {where})")
+                continue
+            lab = item.get(label_key)
+            if task == "classification":
+                if isinstance(lab, (list, tuple)):
+                    lab_ok = all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in lab) and len(lab) == num_classes
+                else:
+                    lab_ok = isinstance(lab, (int, np.integer)) and 0 <= int(lab) < num_classes
+                if not lab_ok:
+                    problems.append(f"{where}: label {lab!r} is not a class index in [0, {num_classes})")
+                continue
+            if not isinstance(lab, str):
+                problems.append(f"{where}: no {label_key!r} path")
+                continue
+            lab_path = Path(lab)
+            if not lab_path.is_file():
+                problems.append(f"{lab_path}: label file missing (listed in {where})")
+                continue
+            try:
+                s_img, s_lab = _spatial_shape(img_path), _spatial_shape(lab_path)
+            except Exception as e:  # unreadable header
+                problems.append(f"{img_path} / {lab_path}: cannot read ({e})")
+                continue
+            if s_img != s_lab:
+                problems.append(f"{lab_path}: label shape {s_lab} differs from image {img_path.name} shape {s_img}")
+                continue
+            if check_label_values:
+                vals = _label_values(lab_path)
+                bad = vals[(vals < 0) | (vals >= num_classes) | (vals != np.round(vals))]
+                if bad.size:
+                    problems.append(f"{lab_path}: label values {bad[:10].tolist()} outside the declared classes "
+                                    f"0..{num_classes - 1}")
+            if len(problems) >= max_problems:
+                break
+    if problems:
+        more = "" if len(problems) < max_problems else f"\n  (stopped after {max_problems} problems)"
+        raise DatasetError(f"dataset {root} has {len(problems)} problem(s):\n  " + "\n  ".join(problems) + more)
+    logger.info("dataset %s ok: %s", root, counts)
+    return counts
