@@ -41,6 +41,9 @@ class DataError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so that worker processes can report it
+        return (type(self), (self.path, self.problem))
+
 
 @dataclass
 class SkipLog:
@@ -131,30 +134,3 @@ def atomic_path(path: Path) -> Path:
     """A temporary sibling path to write to before renaming onto ``path`` (no half files)."""
     return path.with_name(f".{path.name}.partial{path.suffix}")
 
-
-OPTIONS_NAME = "prepare_options.json"
-
-
-def check_options(out_dir: Path, options: Mapping[str, Any], overwrite: bool) -> None:
-    """Guard idempotent preparation against stale outputs.
-
-    ``options`` are the settings that change the prepared files (sizes, levels, ...). They are
-    recorded in ``out_dir/prepare_options.json``; a later run into the same ``out_dir`` with
-    different options raises unless ``overwrite`` (finished cases would otherwise be kept
-    although they were made with other settings).
-    """
-    out_dir = Path(out_dir)
-    path = out_dir / OPTIONS_NAME
-    current = json.loads(json.dumps(dict(options)))  # normalise tuples -> lists
-    if path.exists() and not overwrite:
-        previous = json.loads(path.read_text())
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise DataError(
-                path,
-                f"{out_dir} was prepared with other options ({', '.join(changed)}: "
-                f"{ {k: previous.get(k) for k in changed} } -> { {k: current.get(k) for k in changed} }); "
-                "use --overwrite or another --out",
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2) + "\n")

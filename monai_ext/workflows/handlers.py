@@ -22,7 +22,7 @@ _EPOCH = re.compile(r"epoch=(\d+)")
 
 
 def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> Path | None:
-    """The ``<prefix>_epoch=N.pt`` file with the highest ``N`` in ``ckpt_dir`` (MONAI CheckpointSaver's
+    """The ``checkpoint_epoch=N.pt`` file with the highest ``N`` in ``ckpt_dir`` (MONAI CheckpointSaver's
     interval naming), or None."""
     best: tuple[int, Path] | None = None
     for p in Path(ckpt_dir).glob(f"{prefix}_epoch=*.pt"):
@@ -39,20 +39,19 @@ class ResumableCheckpoint:
     The saved objects are ``objects`` (network, optimizer, scheduler, ...) plus the trainer itself
     (epoch and iteration), added when the handler is attached, so the config needs no reference
     from a trainer handler back to the trainer. Files are MONAI ``CheckpointSaver``'s
-    ``<prefix>_epoch=N.pt``; only the newest ``n_saved`` are kept. A training killed mid-epoch
+    ``checkpoint_epoch=N.pt``; only the newest ``n_saved`` are kept. A training killed mid-epoch
     restarts from the last finished epoch. Without a checkpoint in ``ckpt_dir``, ``resume`` logs
     that and starts from scratch.
     """
 
     def __init__(self, ckpt_dir: str | Path, objects: Mapping[str, Any], resume: bool = False,
-                 save_interval: int = 1, n_saved: int = 1, prefix: str = "checkpoint",
-                 map_location: Any = None) -> None:
+                 save_interval: int = 1, n_saved: int = 1, map_location: Any = None) -> None:
         self.ckpt_dir = Path(ckpt_dir)
         self.objects = dict(objects)
         self.resume = bool(resume)
         self.save_interval = save_interval
         self.n_saved = n_saved
-        self.prefix = prefix
+        self.prefix = "checkpoint"
         self.map_location = map_location if map_location is not None else ("cuda" if torch.cuda.is_available() else "cpu")
 
     def attach(self, engine) -> None:
@@ -67,7 +66,8 @@ class ResumableCheckpoint:
             else:
                 logger.info("resuming from %s", path)
                 CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
-        CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=objects, file_prefix=self.prefix,
+        # ignite names multi-object checkpoints "checkpoint_epoch=N.pt" (prefix "" keeps it so)
+        CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=objects, file_prefix="",
                         save_interval=self.save_interval, epoch_level=True, n_saved=self.n_saved).attach(engine)
 
 

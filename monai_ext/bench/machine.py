@@ -1,0 +1,213 @@
+"""What machine a benchmark ran on: CPU, cores, memory, load, measured GEMM and copy throughput, versions.
+
+Every benchmark section in ``docs/benchmarks.md`` starts with this block, so numbers from different
+machines (or from a machine that was busy) are never compared blindly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = [
+    "MachineInfo",
+    "cpu_model",
+    "meminfo_bytes",
+    "measure_gemm_gflops",
+    "measure_copy_gbps",
+    "machine_info",
+    "versions",
+    "command_line",
+]
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def meminfo_bytes() -> dict[str, int]:
+    """``MemTotal``/``MemAvailable`` (and the other ``/proc/meminfo`` fields) in bytes; empty off Linux."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    except OSError:
+        pass
+    return out
+
+
+def available_memory_bytes() -> int:
+    """Memory a new allocation can get without swapping (``MemAvailable``); 8 GiB if unknown."""
+    return meminfo_bytes().get("MemAvailable", 8 * GIB)
+
+
+def _load_average() -> Optional[tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GEMM throughput of ``torch.matmul`` on two ``n x n`` matrices: ``2 n^3 / t`` (best of ``repeats``).
+
+    The best rather than the median is taken: it is the machine's capability, what the attention
+    kernels are compared against; load from other processes only lowers it.
+    """
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.matmul(a, b)  # warm-up (thread pool, MKL buffers)
+    t = _best_time(lambda: torch.matmul(a, b), repeats)
+    return 2.0 * n**3 / t / 1e9
+
+
+def measure_copy_gbps(mib: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth seen by ``Tensor.copy_`` on ``mib`` MiB buffers: (read + write) bytes / t, GB/s."""
+    import torch
+
+    src = torch.ones(mib * 1024 * 1024 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = _best_time(lambda: dst.copy_(src), repeats)
+    return 2.0 * src.numel() * 4 / t / 1e9
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software the numbers depend on (and the git commit of this checkout, if any)."""
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "monai", "numpy", "monai_ext"):
+        try:
+            out[mod] = str(__import__(mod).__version__)
+        except Exception:  # pragma: no cover - optional in odd environments
+            out[mod] = "not installed"
+    try:
+        import torch
+
+        out["torch threads"] = str(torch.get_num_threads())
+        out["BLAS"] = "MKL" if torch.backends.mkl.is_available() else "other"
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        root = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode == 0 and rev.stdout.strip():
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            out["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command that is running, as a user would type it (``monai-ext ...`` when run through the CLI)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("monai-ext", "cli.py", "__main__.py"):
+        argv = ["monai-ext", *argv[1:]]
+    return shlex.join(argv)
+
+
+@dataclass
+class MachineInfo:
+    """The machine block of a benchmark report."""
+
+    cpu: str
+    logical_cores: int
+    usable_cores: int
+    memory_total_gib: float
+    memory_available_gib: float
+    load_average: Optional[tuple[float, float, float]]
+    gemm_gflops: float
+    gemm_size: int
+    copy_gbps: float
+    versions: dict[str, str] = field(default_factory=dict)
+    date: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self, command: Optional[str] = None, load_after: Optional[tuple[float, float, float]] = None) -> str:
+        """A short markdown list: machine, measured throughput, versions and the exact command."""
+        la = "n/a" if self.load_average is None else ", ".join(f"{x:.2f}" for x in self.load_average)
+        lines = [
+            f"- Machine: {self.cpu}; {self.usable_cores} usable of {self.logical_cores} logical cores; "
+            f"{self.memory_total_gib:.1f} GiB RAM ({self.memory_available_gib:.1f} GiB available at start)",
+            f"- Measured: fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s (`torch.matmul`, {self.gemm_size}x{self.gemm_size}, "
+            f"best of 5); memory copy {self.copy_gbps:.1f} GB/s (`Tensor.copy_`, 256 MiB, read+write)",
+            f"- Load average (1/5/15 min) at start: {la}"
+            + ("" if load_after is None else "; at end: " + ", ".join(f"{x:.2f}" for x in load_after))
+            + " (the machine is shared: a load above the core count means other jobs competed)",
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+            f"- Date: {self.date}",
+        ]
+        if command:
+            lines.append(f"- Command: `{command}`")
+        return "\n".join(lines)
+
+
+def machine_info(gemm_size: int = 2048, measure: bool = True) -> MachineInfo:
+    """Collect :class:`MachineInfo`; ``measure=False`` skips the GEMM/copy measurements (reported as 0)."""
+    import torch
+
+    mem = meminfo_bytes()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    load = _load_average()
+    gemm = measure_gemm_gflops(gemm_size) if measure else 0.0
+    copy = measure_copy_gbps() if measure else 0.0
+    info = MachineInfo(
+        cpu=cpu_model(),
+        logical_cores=os.cpu_count() or 1,
+        usable_cores=min(usable, torch.get_num_threads()) if usable else torch.get_num_threads(),
+        memory_total_gib=mem.get("MemTotal", 0) / GIB,
+        memory_available_gib=mem.get("MemAvailable", 0) / GIB,
+        load_average=load,
+        gemm_gflops=gemm,
+        gemm_size=gemm_size,
+        copy_gbps=copy,
+        versions=versions(),
+        date=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    )
+    logger.info("machine: %s, %d cores, GEMM %.1f GFLOP/s, copy %.1f GB/s, load %s", info.cpu, info.usable_cores,
+                info.gemm_gflops, info.copy_gbps, load)
+    return info

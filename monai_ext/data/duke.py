@@ -1,0 +1,713 @@
+"""DUKE-Breast-Cancer-MRI (TCIA): per-breast subtraction volumes for cancer yes/no classification.
+
+Real layout read by :func:`prepare` (as the TCIA downloader writes it)::
+
+    RAW/Breast_MRI_001/<study>/<series>/1-001.dcm ...    (also RAW/<any>/Breast_MRI_001/...)
+    RAW/Clinical_and_Other_Features.xlsx                   (or --clinical PATH)
+
+Per patient (the public pipeline behind the SFN paper / ODELIA):
+
+1. choose the pre-contrast and the first post-contrast series of the dynamic (DCE) acquisition by
+   series description (vendor variants ``ax dyn pre`` / ``ax dyn 1st pass``, ``ax 3d dyn`` /
+   ``Ph1/ax 3d dyn``, ``Ax Vibrant MultiPhase`` / ``Ph1/Ax Vibrant MultiPhase``,
+   ``t1_fl3d_tra_dynVIEWS_spair_ pre`` / ``... 1st pass``), else by acquisition order
+   (:func:`select_dce_series`);
+2. read both with MONAI's DICOM readers (``PydicomReader`` by default, ``ITKReader`` as option);
+3. subtraction ``post_1 - pre`` (post resampled onto the pre grid if the grids differ);
+4. RAS orientation; resampling to ``spacing`` (default (0.7, 0.7, 3) mm) and crop/pad to
+   ``2*size[0] x size[1] x size[2]`` voxels, done as one resampling onto that axis-aligned box
+   (same result as resample-then-crop, a fraction of the cost): left-right and cranio-caudal
+   centred on the image centre, antero-posterior ending just in front of the anterior-most
+   tissue (``ap_crop="anterior"``, as the public code does; ``"center"`` as option); the
+   default ``size`` (256, 256, 32) is the paper's;
+6. split at the image centre into the patient's left and right breast;
+7. resize each breast to ``out_size`` (default (64, 64, 16), small enough for CPU training: the
+   same field of view at 4x coarser in-plane and 2x coarser through-plane sampling;
+   ``--out-size 256 256 32`` keeps the paper's resolution);
+8. write ``images/<patient>_<L|R>.nii.gz`` (float32, RAS affine).
+
+Labels from ``Clinical_and_Other_Features.xlsx`` (three header rows; ``Patient ID``, ``Tumor
+Location`` L/R, ``Bilateral Information`` 0/1/NC): a side is positive if the tumour is on it or
+the cancer is bilateral; patients with ``NC`` (laterality not clear) are excluded (and listed in
+``skipped.json``). The split is grouped by patient, in the paper's 834/208/260 proportions.
+
+:func:`synthesize` writes the same layout: DCE series in several vendor naming styles, localizer
+and non-fat-sat T1 distractors, and an enhancing lesion in one (sometimes both) breasts among
+enhancing benign foci and background parenchymal enhancement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import gzip
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_ext.data.common import (
+    DataError,
+    SkipLog,
+    atomic_path,
+    grouped_split,
+    write_datalist,
+)
+from monai_ext.data.dicom import (
+    SeriesInfo,
+    ds_decimal,
+    make_uid,
+    new_dataset,
+    read_series,
+    scan_series,
+    set_pixels,
+    write_dataset,
+)
+from monai_ext.data.runner import check_settings, run_cases
+
+logger = logging.getLogger(__name__)
+
+CLINICAL_NAME = "Clinical_and_Other_Features.xlsx"
+PATIENT_PATTERN = re.compile(r"^Breast_MRI_\d+$")
+SIDES = ("L", "R")
+
+DEFAULT_SPACING = (0.7, 0.7, 3.0)
+#: per-breast crop at ``spacing`` (x: one breast, i.e. half the bilateral field; y: AP; z: slices)
+PAPER_SIZE = (256, 256, 32)
+DEFAULT_OUT_SIZE = (64, 64, 16)
+#: training / validation / test proportions of the paper (834/208/260 of 1302 breasts)
+SPLIT_FRACTIONS = (834, 208, 260)
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+# ----------------------------------------------------------------------------------------------
+# series selection
+
+#: phase of a dynamic series whose description does not say which phase it is
+PHASE_UNKNOWN = -1
+
+_NON_DCE = re.compile(
+    r"(?:^|[^a-z])(loc|localizer|locator|scout|survey|cal|calibration|asset|mip|sub|subtraction|"
+    r"seg|segmentation|t2|stir|dwi|adc|diffusion|tse|fse)(?:[^a-z]|$)"
+)
+_DCE = re.compile(r"dyn|vibrant|multiphase|multi-phase|fl3d|thrive|dce|vibe|\bpass\b")
+_PH_PREFIX = re.compile(r"^ph(\d+)\s*[/_\- ]")
+_PRE = re.compile(r"(?:^|[^a-z])pre(?:[^a-z]|$)|pre[-_ ]?contrast")
+_ORDINAL = re.compile(r"(?:^|[^a-z0-9])(\d+)\s*(?:st|nd|rd|th)(?:[^a-z]|$)")
+_ORDINAL_WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5}
+_POST_N = re.compile(r"post[-_ ]?(\d+)")
+
+
+def dynamic_phase(description: str) -> int | None:
+    """Phase of a DCE series from its description: ``0`` pre-contrast, ``k`` the k-th
+    post-contrast phase, :data:`PHASE_UNKNOWN` for a dynamic series without phase in its name
+    (e.g. ``ax 3d dyn``, ``Ax Vibrant MultiPhase``), ``None`` for anything else (localizer, T2,
+    non-fat-sat T1, derived subtraction, ...)."""
+    d = description.strip().lower()
+    if not d:
+        return None
+    m = _PH_PREFIX.match(d)
+    if m:  # GE: "Ph1/ax 3d dyn" is the first post-contrast phase of "ax 3d dyn"
+        return int(m.group(1))
+    if _NON_DCE.search(d) and not _DCE.search(d):
+        return None
+    if _NON_DCE.search(d) and re.search(r"(?:^|[^a-z])sub(?:traction)?(?:[^a-z]|$)", d):
+        return None  # derived subtraction series of a dynamic acquisition
+    dynamic = bool(_DCE.search(d))
+    if _PRE.search(d):
+        return 0 if dynamic or "t1" in d else None
+    m = _ORDINAL.search(d) or _POST_N.search(d)
+    if m and (dynamic or "t1" in d or "post" in d):
+        return int(m.group(1))
+    for word, k in _ORDINAL_WORDS.items():
+        if re.search(rf"(?:^|[^a-z]){word}(?:[^a-z]|$)", d) and dynamic:
+            return k
+    return PHASE_UNKNOWN if dynamic else None
+
+
+def select_dce_series(series: Sequence[SeriesInfo], where: Path | str = "") -> tuple[SeriesInfo, SeriesInfo]:
+    """Choose ``(pre, post_1)`` among a patient's series.
+
+    Descriptions that name the phase win (first in acquisition order when a phase is repeated).
+    A missing pre-contrast series is taken as the unnamed dynamic series acquired last before the
+    first post-contrast one (GE: ``ax 3d dyn`` before ``Ph1/ax 3d dyn``), or the first unnamed
+    dynamic series; a missing first post-contrast series as the next dynamic series acquired after
+    the pre-contrast one, unless that one is named as a later phase (then the first post-contrast
+    phase is missing and the patient is skipped).
+
+    Raises:
+        DataError: naming ``where`` and listing the series descriptions found.
+    """
+    phases = [(s, dynamic_phase(s.description)) for s in series]
+    dyn = sorted([(s, p) for s, p in phases if p is not None], key=lambda sp: sp[0].order_key)
+    found = sorted({s.description or "<no description>" for s in series})
+    if not dyn:
+        raise DataError(where, f"no dynamic contrast-enhanced series found; series descriptions: {found}")
+    named: dict[int, SeriesInfo] = {}
+    for s, p in dyn:
+        if p >= 0:
+            named.setdefault(p, s)
+    unnamed = [s for s, p in dyn if p == PHASE_UNKNOWN]
+    pre = named.get(0)
+    post = named.get(1)
+    if pre is None:
+        before = [s for s in unnamed if post is None or s.order_key < post.order_key]
+        if post is not None and before:
+            pre = before[-1]
+        elif unnamed:
+            pre = unnamed[0]
+    if pre is None:
+        raise DataError(where, f"no pre-contrast series found; series descriptions: {found}")
+    if post is None:
+        after = [(s, p) for s, p in dyn if s is not pre and s.order_key > pre.order_key]
+        if after and after[0][1] in (PHASE_UNKNOWN, 1):
+            post = after[0][0]
+    if post is None:
+        raise DataError(where, f"no first post-contrast series found (pre-contrast: {pre.description!r}); series descriptions: {found}")
+    return pre, post
+
+
+# ----------------------------------------------------------------------------------------------
+# clinical table and labels
+
+
+class Excluded(ValueError):
+    """A patient excluded by the protocol (e.g. laterality not clear)."""
+
+
+def find_clinical_file(raw: Path) -> Path:
+    """``Clinical_and_Other_Features.xlsx`` in ``raw`` or up to two folders below it."""
+    for pattern in (CLINICAL_NAME, f"*/{CLINICAL_NAME}", f"*/*/{CLINICAL_NAME}"):
+        hits = sorted(Path(raw).glob(pattern))
+        if hits:
+            return hits[0]
+    raise FileNotFoundError(f"{CLINICAL_NAME} not found in {raw} (or two levels below); pass --clinical PATH")
+
+
+def read_clinical(path: Path, header_rows: int = 3) -> dict[str, dict[str, str]]:
+    """``{patient_id: {"location": ..., "bilateral": ...}}`` from the clinical XLSX.
+
+    The columns ``Patient ID``, ``Tumor Location`` and ``Bilateral Information`` are looked up by
+    name in the first ``header_rows`` rows (the real sheet has three header rows: group, name,
+    value coding); data start below them.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_excel(path, header=None, dtype=object, engine="openpyxl")
+    except Exception as e:
+        raise DataError(path, f"cannot read clinical spreadsheet ({type(e).__name__}: {e})") from e
+    head = table.iloc[:header_rows]
+    cols: dict[str, int] = {}
+    for key, name in (("pid", "patient id"), ("location", "tumor location"), ("bilateral", "bilateral information")):
+        hits = [
+            j
+            for j in range(table.shape[1])
+            for v in head.iloc[:, j]
+            if isinstance(v, str) and " ".join(v.split()).lower() == name
+        ]
+        if not hits:
+            raise DataError(path, f"column {name!r} not found in the first {header_rows} header rows")
+        cols[key] = hits[0]
+    out: dict[str, dict[str, str]] = {}
+    for _, row in table.iloc[header_rows:].iterrows():
+        pid = row.iloc[cols["pid"]]
+        if pid is None or (isinstance(pid, float) and np.isnan(pid)) or not str(pid).strip():
+            continue
+        def _s(v: Any) -> str:
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                return ""
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            return str(v).strip()
+        out[str(pid).strip()] = {"location": _s(row.iloc[cols["location"]]), "bilateral": _s(row.iloc[cols["bilateral"]])}
+    return out
+
+
+def side_labels(location: str, bilateral: str) -> dict[str, int]:
+    """Per-breast labels: positive where the tumour is, both sides if bilateral.
+
+    Raises:
+        Excluded: laterality not clear (``NC``).
+        ValueError: values that are neither.
+    """
+    loc, bil = location.strip().upper(), bilateral.strip().upper()
+    if "NC" in (loc, bil):
+        raise Excluded(f"laterality not clear (Tumor Location={location!r}, Bilateral Information={bilateral!r})")
+    if bil in ("1", "YES", "Y", "TRUE"):
+        both = True
+    elif bil in ("0", "NO", "N", "FALSE"):
+        both = False
+    else:
+        raise ValueError(f"unexpected Bilateral Information {bilateral!r} (expected 0, 1 or NC)")
+    side = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(loc)
+    if side is None and not both:
+        raise ValueError(f"unexpected Tumor Location {location!r} (expected L or R)")
+    return {s: int(both or s == side) for s in SIDES}
+
+
+def find_patient_dirs(raw: Path) -> dict[str, Path]:
+    """``{patient_id: folder}`` for ``Breast_MRI_NNN`` folders in ``raw`` or one level below."""
+    found: dict[str, Path] = {}
+    for pattern in ("*", "*/*"):
+        for d in sorted(Path(raw).glob(pattern)):
+            if d.is_dir() and PATIENT_PATTERN.match(d.name) and d.name not in found:
+                found[d.name] = d
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    import torch
+
+    return tuple(a.shape) == tuple(b.shape) and torch.allclose(
+        torch.as_tensor(a.affine, dtype=torch.float64), torch.as_tensor(b.affine, dtype=torch.float64), atol=1e-3
+    )
+
+
+class DukeSubtractionPreprocess:
+    """Pre- and first post-contrast volumes -> per-breast subtraction crops.
+
+    Args:
+        spacing: target voxel size in mm (RAS axes x, y, z).
+        size: per-breast crop in voxels at ``spacing`` (x: one breast = half the bilateral field).
+        out_size: final per-breast array shape (``None``: keep ``size``).
+        ap_crop: ``"anterior"``: the AP window ends ``margin`` voxels in front of the anterior-most
+            tissue (pre-contrast voxels above the 90th percentile); ``"center"``: centred.
+        margin: see ``ap_crop``.
+
+    Call with ``(pre, post)``, 3D ``MetaTensor`` s (``(X, Y, Z)`` or ``(1, X, Y, Z)``); returns
+    ``{"L": MetaTensor (1, *out_size), "R": ...}`` (patient's left and right breast).
+    """
+
+    def __init__(
+        self,
+        spacing: Sequence[float] = DEFAULT_SPACING,
+        size: Sequence[int] = PAPER_SIZE,
+        out_size: Sequence[int] | None = DEFAULT_OUT_SIZE,
+        ap_crop: str = "anterior",
+        margin: int = 10,
+    ):
+        if ap_crop not in ("anterior", "center"):
+            raise ValueError(f"ap_crop must be 'anterior' or 'center', got {ap_crop!r}")
+        self.spacing = tuple(float(s) for s in spacing)
+        self.size = tuple(int(s) for s in size)
+        self.out_size = tuple(int(s) for s in (out_size or size))
+        self.ap_crop = ap_crop
+        self.margin = int(margin)
+
+    def __call__(self, pre: Any, post: Any) -> dict[str, Any]:
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import Orientation, ResampleToMatch, Resize, SpatialCrop, SpatialResample
+
+        ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+        pre = ras((pre if pre.ndim == 4 else pre[None]).float())
+        post = ras((post if post.ndim == 4 else post[None]).float())
+        if not _same_grid(pre, post):
+            logger.debug("post-contrast grid differs from pre-contrast grid; resampling post onto pre")
+            post = ResampleToMatch(mode="bilinear", padding_mode="border")(post, pre)
+        affine = torch.as_tensor(pre.affine, dtype=torch.float64)
+        meta = {k: v for k, v in pre.meta.items() if k != "affine"}
+        sub = MetaTensor(post.as_tensor() - pre.as_tensor(), affine=affine, meta=meta)
+        # the bilateral box, axis-aligned in RAS world coordinates, sampled once at `spacing`
+        sx, sy, sz = self.size
+        full = (2 * sx, sy, sz)
+        sp = torch.tensor(self.spacing, dtype=torch.float64)
+        shape = torch.tensor(pre.shape[1:], dtype=torch.float64)
+        centre = (affine @ torch.cat([(shape - 1) / 2, torch.ones(1, dtype=torch.float64)]))[:3]
+        first = centre - (torch.tensor(full, dtype=torch.float64) - 1) / 2 * sp
+        if self.ap_crop == "anterior":
+            top = self._anterior_row(pre[0])
+            if top is not None:  # the box ends `margin` voxels in front of the anterior-most tissue
+                idx = (shape - 1) / 2
+                idx[1] = top
+                y_top = (affine @ torch.cat([idx, torch.ones(1, dtype=torch.float64)]))[1]
+                first[1] = y_top + self.margin * sp[1] - (sy - 1) * sp[1]
+        dst = torch.eye(4, dtype=torch.float64)
+        dst[:3, :3] = torch.diag(sp)
+        dst[:3, 3] = first
+        box = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(sub, dst_affine=dst, spatial_size=full)
+        halves = {  # RAS: x grows towards the patient's right, so the low half is the left breast
+            "L": SpatialCrop(roi_start=(0, 0, 0), roi_end=(sx, sy, sz))(box),
+            "R": SpatialCrop(roi_start=(sx, 0, 0), roi_end=(2 * sx, sy, sz))(box),
+        }
+        if self.out_size != self.size:
+            down = all(o <= s for o, s in zip(self.out_size, self.size))
+            resize = Resize(self.out_size, mode="area" if down else "trilinear", anti_aliasing=not down)
+            halves = {k: resize(v) for k, v in halves.items()}
+        return halves
+
+    @staticmethod
+    def _anterior_row(pre: Any) -> int | None:
+        """Highest y index (RAS: most anterior) holding tissue (pre-contrast above its 90th
+        percentile in at least 0.2% of the voxels of that row plane)."""
+        arr = pre.detach().cpu().numpy()
+        sample = arr[::2, ::2, ::2]
+        if sample.size == 0:
+            return None
+        thr = float(np.percentile(sample, 90))
+        counts = (arr > thr).sum(axis=(0, 2))
+        min_count = max(1, int(0.002 * arr.shape[0] * arr.shape[2]))
+        rows = np.nonzero(counts >= min_count)[0]
+        return int(rows.max()) if rows.size else None
+
+
+def save_nifti(img: Any, path: Path) -> None:
+    """Write a channel-first single-channel MetaTensor as float32 NIfTI with its affine,
+    atomically (no half-written files) and reproducibly (no time stamp in the gzip header)."""
+    import nibabel as nib
+
+    arr = np.asarray(img.detach().cpu().numpy()[0], dtype=np.float32)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    nii = nib.Nifti1Image(arr, affine)
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm")
+    tmp = atomic_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(gzip.compress(nii.to_bytes(), compresslevel=6, mtime=0))
+    tmp.replace(path)
+
+
+def _prepare_patient(case: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Read, preprocess and write one patient (worker function; see :func:`prepare`)."""
+    series, problems = scan_series(Path(case["dir"]))
+    try:
+        pre_s, post_s = select_dce_series(series, where=case["dir"])
+    except DataError as e:
+        if problems:  # an unreadable series folder may be the one that is missing
+            raise DataError(problems[0].path, f"{problems[0].problem}; {e.problem}") from e
+        raise
+    pre = read_series(pre_s, reader=settings["reader"])
+    post = read_series(post_s, reader=settings["reader"])
+    proc = DukeSubtractionPreprocess(
+        spacing=settings["spacing"], size=settings["size"], out_size=settings["out_size"], ap_crop=settings["ap_crop"]
+    )
+    halves = proc(pre, post)
+    for side, img in halves.items():
+        save_nifti(img, Path(case["outputs"][side]))
+    return {"pre": pre_s.description, "post_1": post_s.description}
+
+
+def add_prepare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clinical", type=Path, default=None, help=f"path of {CLINICAL_NAME} (default: found under --raw)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING), metavar=("X", "Y", "Z"),
+                        help="resampling voxel size in mm, RAS (default: 0.7 0.7 3)")
+    parser.add_argument("--size", type=int, nargs=3, default=list(PAPER_SIZE), metavar=("X", "Y", "Z"),
+                        help="per-breast crop/pad in voxels at --spacing (default, the paper's: 256 256 32)")
+    parser.add_argument("--out-size", type=int, nargs=3, default=list(DEFAULT_OUT_SIZE), metavar=("X", "Y", "Z"),
+                        help="final per-breast array shape (default 64 64 16 for CPU; 256 256 32 = paper resolution)")
+    parser.add_argument("--ap-crop", choices=("anterior", "center"), default="anterior",
+                        help="antero-posterior crop: from the anterior-most tissue (default) or centred")
+    parser.add_argument("--reader", choices=("pydicom", "itk"), default="pydicom", help="MONAI DICOM reader")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+
+
+def prepare(
+    raw: Path,
+    out: Path,
+    overwrite: bool = False,
+    seed: int = 0,
+    clinical: Path | None = None,
+    spacing: Sequence[float] = DEFAULT_SPACING,
+    size: Sequence[int] = PAPER_SIZE,
+    out_size: Sequence[int] | None = DEFAULT_OUT_SIZE,
+    ap_crop: str = "anterior",
+    reader: str = "pydicom",
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Prepare DUKE: per-breast subtraction NIfTIs in ``out/images`` + ``datalist.json`` +
+    ``skipped.json`` (see the module docstring). Returns the datalist."""
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise FileNotFoundError(f"DUKE raw folder not found: {raw}")
+    settings = {
+        "spacing": [float(s) for s in spacing],
+        "size": [int(s) for s in size],
+        "out_size": [int(s) for s in (out_size or size)],
+        "ap_crop": ap_crop,
+        "reader": reader,
+    }
+    check_settings(out, settings, overwrite)
+    clinical_path = Path(clinical) if clinical else find_clinical_file(raw)
+    table = read_clinical(clinical_path)
+    dirs = find_patient_dirs(raw)
+    skips = SkipLog()
+    labels: dict[str, dict[str, int]] = {}
+    todo: list[dict[str, Any]] = []
+    done: list[str] = []
+    for pid in sorted(set(table) | set(dirs)):
+        if pid not in dirs:
+            skips.add(pid, DataError(raw / pid, f"patient listed in {clinical_path.name} but its image folder is missing"))
+            continue
+        if pid not in table:
+            skips.add(pid, DataError(clinical_path, f"no row for patient {pid}"))
+            continue
+        try:
+            labels[pid] = side_labels(table[pid]["location"], table[pid]["bilateral"])
+        except Excluded as e:
+            skips.add(pid, f"excluded: {e}", path=clinical_path)
+            continue
+        except ValueError as e:
+            skips.add(pid, DataError(clinical_path, f"patient {pid}: {e}"))
+            continue
+        outputs = {s: str(out / "images" / f"{pid}_{s}.nii.gz") for s in SIDES}
+        if not overwrite and all(Path(p).is_file() for p in outputs.values()):
+            done.append(pid)
+        else:
+            todo.append({"pid": pid, "dir": str(dirs[pid]), "outputs": outputs})
+    if done:
+        logger.info("%d patient(s) already prepared in %s (use --overwrite to redo)", len(done), out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    worker = functools.partial(_prepare_patient, settings=settings)
+    for case, result, error in run_cases(worker, todo, workers=workers, desc="DUKE patients"):
+        if error is not None:
+            skips.add(case["pid"], error)
+        else:
+            logger.debug("%s: pre=%r post_1=%r", case["pid"], result["pre"], result["post_1"])
+            done.append(case["pid"])
+    patients = sorted(done)
+    assign = grouped_split(patients, fractions=SPLIT_FRACTIONS, seed=seed)
+    datalist: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+    for pid in patients:
+        for side in SIDES:
+            datalist[assign[pid]].append(
+                {"image": f"images/{pid}_{side}.nii.gz", "label": labels[pid][side], "patient": pid, "side": side}
+            )
+    write_datalist(out, datalist, dataset="duke", num_classes=2, settings=settings, seed=seed)
+    skips.write(out)
+    return datalist
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic data
+
+#: (pre, post_1, post_2, ...) description styles seen in DUKE, with the scanner maker
+VENDOR_STYLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("GE MEDICAL SYSTEMS", ("ax dyn pre", "ax dyn 1st pass", "ax dyn 2nd pass", "ax dyn 3rd pass")),
+    ("GE MEDICAL SYSTEMS", ("ax 3d dyn", "Ph1/ax 3d dyn", "Ph2/ax 3d dyn", "Ph3/ax 3d dyn")),
+    ("GE MEDICAL SYSTEMS", ("Ax Vibrant MultiPhase", "Ph1/Ax Vibrant MultiPhase", "Ph2/Ax Vibrant MultiPhase")),
+    ("SIEMENS", ("t1_fl3d_tra_dynVIEWS_spair_ pre", "t1_fl3d_tra_dynVIEWS_spair 1st pass", "t1_fl3d_tra_dynVIEWS_spair 2nd pass")),
+    # no phase in the names: only the acquisition order tells pre from post
+    ("GE MEDICAL SYSTEMS", ("ax dyn", "ax dyn", "ax dyn")),
+)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: Sequence[float]) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    n = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma, mode="wrap")
+    return (n - n.mean()) / (n.std() + 1e-6)
+
+
+def _synth_patient(rng: np.random.Generator, lesion_sides: Sequence[str]) -> dict[str, Any]:
+    """Pre/post volumes (z, y, x) in LPS (x to the patient's left, y posterior) with geometry."""
+    cols = 128
+    rows = int(rng.choice([112, 128]))
+    px = float(rng.uniform(2.5, 2.8))
+    thk = float(rng.choice([3.5, 4.0, 4.5]))
+    nz = int(round(120 / thk))
+    x = (np.arange(cols) - (cols - 1) / 2) * px + rng.uniform(-5, 5)
+    y = (np.arange(rows) - (rows - 1) / 2) * px + rng.uniform(-5, 5)
+    z = (np.arange(nz) - (nz - 1) / 2) * thk + rng.uniform(-5, 5)
+    Z, Y, X = np.meshgrid(z.astype(np.float32), y.astype(np.float32), x.astype(np.float32), indexing="ij")
+    # thorax: ellipse behind the chest wall; lungs and heart inside
+    a, b = rng.uniform(135, 155), rng.uniform(85, 100)
+    wall_y = rng.uniform(-35, -20)  # anterior surface of the thorax
+    cy = wall_y + b
+    body = ((X / a) ** 2 + ((Y - cy) / b) ** 2) <= 1
+    lungs = (((np.abs(X) - 0.5 * a) / (0.35 * a)) ** 2 + ((Y - cy - 10) / (0.7 * b)) ** 2) <= 1
+    heart = (((X - 15) / (0.3 * a)) ** 2 + ((Y - cy + 0.25 * b) / (0.45 * b)) ** 2 + (Z / 80) ** 2) <= 1
+    muscle = body & (Y < wall_y + 18)
+    # breasts: half-ellipsoids in front of the chest wall
+    breast = np.zeros_like(body)
+    centres = {}
+    for side, sgn in (("L", 1.0), ("R", -1.0)):  # LPS: +x is the patient's left
+        bx = sgn * rng.uniform(70, 90)
+        rx, rz, depth = rng.uniform(50, 65), rng.uniform(45, 60), rng.uniform(55, 85)
+        bz = rng.uniform(-8, 8)
+        e = ((X - bx) / rx) ** 2 + ((Y - wall_y) / depth) ** 2 + ((Z - bz) / rz) ** 2
+        breast |= (e <= 1) & (Y <= wall_y)
+        centres[side] = (bx, wall_y - 0.4 * depth, bz, rx, depth, rz)
+    fgt_field = _smooth_noise(rng, X.shape, sigma=(1.0, 3.0, 3.0))
+    density = rng.uniform(-0.3, 0.8)
+    fgt = breast & (fgt_field > density)
+    pre = np.full(X.shape, 0.0, np.float32)
+    pre[body] = 150
+    pre[lungs & body] = 25
+    pre[heart & body & ~lungs] = 170
+    pre[muscle & ~lungs] = 230
+    pre[breast] = 80  # fat, suppressed
+    pre[fgt] = 180
+    post = pre.copy()
+    post[heart & body & ~lungs] *= rng.uniform(1.8, 2.4)  # blood pool
+    post[muscle & ~lungs] *= rng.uniform(1.1, 1.2)
+    bpe_field = 0.5 + 0.5 * _smooth_noise(rng, X.shape, sigma=(2.0, 6.0, 6.0))
+    for side, sgn in (("L", 1.0), ("R", -1.0)):  # background parenchymal enhancement per side
+        side_fgt = fgt & (np.sign(X) == sgn)
+        post[side_fgt] *= 1 + rng.uniform(0.05, 0.35) * np.clip(bpe_field[side_fgt], 0, 2)
+
+    def blob(c: tuple[float, float, float], r: float, lobes: float) -> np.ndarray:
+        d = np.sqrt(((X - c[0]) / r) ** 2 + ((Y - c[1]) / r) ** 2 + ((Z - c[2]) / max(r, 0.8 * thk)) ** 2)
+        return d <= 1 + lobes * np.clip(fgt_field, -2, 2) * 0.25
+
+    def inside_point(side: str, r: float) -> tuple[float, float, float]:
+        bx, by, bz, rx, depth, rz = centres[side]
+        return (
+            bx + rng.uniform(-0.45, 0.45) * rx,
+            by + rng.uniform(-0.25, 0.25) * depth,
+            bz + rng.uniform(-0.4, 0.4) * rz,
+        )
+
+    lesions = []
+    for side in lesion_sides:  # the cancer: strongly enhancing, irregular
+        r = float(rng.uniform(4, 14))
+        c = inside_point(side, r)
+        m = blob(c, r, lobes=rng.uniform(0.5, 1.5)) & (breast | muscle)
+        pre[m] = 190
+        enh = rng.uniform(0.5, 1.4)
+        if rng.random() < 0.3:  # rim enhancement
+            core = blob(c, 0.6 * r, lobes=0.0)
+            post[m] = 190 * (1 + enh)
+            post[m & core] = 190 * (1 + 0.3 * enh)
+        else:
+            post[m] = 190 * (1 + enh)
+        lesions.append((side, c, r))
+    for side in SIDES:  # benign enhancing foci in either breast
+        for _ in range(int(rng.poisson(1.2))):
+            r = float(rng.uniform(2.5, 5.5))
+            m = blob(inside_point(side, r), r, lobes=0.3) & breast
+            post[m] = np.maximum(post[m], 180 * (1 + rng.uniform(0.2, 0.8)))
+    if rng.random() < 0.3:  # patient motion between pre and post
+        post = np.roll(post, shift=(0, int(rng.integers(-1, 2)), int(rng.integers(-1, 2))), axis=(0, 1, 2))
+    sigma = float(rng.uniform(4, 10))
+    noisy = []
+    for v in (pre, post):
+        n1 = rng.standard_normal(v.shape, dtype=np.float32) * sigma
+        n2 = rng.standard_normal(v.shape, dtype=np.float32) * sigma
+        noisy.append(np.sqrt((v + n1) ** 2 + n2**2))  # Rician magnitude noise
+    return {
+        "pre": noisy[0], "post": noisy[1], "px": px, "thk": thk,
+        "origin": (float(x[0]), float(y[0])), "z": z, "lesions": lesions,
+        "distractor": np.where(breast, 300.0, pre * 1.2).astype(np.float32),  # non-fat-sat T1
+    }
+
+
+def synthesize(out: Path, cases: int = 24, seed: int = 0) -> None:
+    """Write a synthetic DUKE dataset in the TCIA layout (see the module docstring).
+
+    Per patient: localizer (30 %), non-fat-sat T1 (50 %), and a DCE series set (pre + 1-2
+    post-contrast phases) in one of :data:`VENDOR_STYLES`; cancer on one side (10%: both; 15% of
+    patients ``NC`` in the table). Deterministic for ``(seed, patient index)``.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table_rows = []
+
+    for i in tqdm(range(1, cases + 1), desc="synthetic DUKE", unit="patient"):
+        rng = np.random.default_rng([seed, i, 922])
+        pid = f"Breast_MRI_{i:03d}"
+        location = str(rng.choice(["L", "R"]))
+        u = rng.random()
+        bilateral = "1" if u < 0.10 else ("NC" if u < 0.25 else "0")
+        sides = list(SIDES) if bilateral == "1" else [location]
+        vol = _synth_patient(rng, sides)
+        maker, names = VENDOR_STYLES[int(rng.integers(len(VENDOR_STYLES)))]
+        n_post = int(rng.integers(1, 3))  # first and sometimes second post-contrast phase
+        study_uid = make_uid(seed, pid, "study")
+        for_uid = make_uid(seed, pid, "frame")
+        study_dir = out / pid / f"01-01-1990-NA-MRI BREAST BILATERAL WWO-{int(rng.integers(10000, 99999))}"
+        base_time = 8 * 3600 + int(rng.integers(0, 8 * 3600))
+        slope, intercept = (1.0, 0.0) if rng.random() < 0.6 else (float(rng.choice([0.5, 1.5, 2.0])), 0.0)
+        z = vol["z"]
+        series: list[tuple[str, np.ndarray, np.ndarray]] = []
+        if rng.random() < 0.3:
+            idx = np.array([len(z) // 4, len(z) // 2, 3 * len(z) // 4])
+            series.append(("3 Plane Loc", vol["distractor"][idx], z[idx]))
+        if rng.random() < 0.5:
+            series.append(("ax t1", vol["distractor"], z))
+        series.append((names[0], vol["pre"], z))
+        for k in range(1, n_post + 1):  # later phases: contrast washing in further
+            wash = 1.0 + 0.04 * (k - 1)
+            series.append((names[k], vol["pre"] + (vol["post"] - vol["pre"]) * wash, z))
+        for number, (desc, data, zs) in enumerate(series, start=1):
+            _write_mr_series(
+                study_dir, pid, seed, desc, number, data, zs, vol, maker, study_uid, for_uid,
+                acq_seconds=base_time + 90 * number, slope=slope, intercept=intercept,
+                reverse=bool(rng.random() < 0.3),
+            )
+        table_rows.append((pid, int(rng.integers(1, 60)), maker, location, bilateral))
+    _write_clinical_xlsx(out / CLINICAL_NAME, table_rows)
+    (out / "README.txt").write_text(
+        f"Synthetic DUKE-Breast-Cancer-MRI layout written by monai_ext (seed {seed}, {cases} patients).\n"
+        "Not patient data. Prepare with: monai-ext prepare duke --raw THIS_FOLDER --out OUT\n"
+    )
+
+
+def _write_mr_series(
+    study_dir: Path, pid: str, seed: int, desc: str, number: int, data: np.ndarray, z: np.ndarray, vol: dict[str, Any],
+    maker: str, study_uid: str, for_uid: str, acq_seconds: int, slope: float, intercept: float, reverse: bool,
+) -> None:
+    series_uid = make_uid(seed, pid, "series", number)
+    folder = study_dir / f"{number}.000000-{re.sub(r'[^A-Za-z0-9 _-]', '', desc)}-{int(series_uid[-5:]):05d}"
+    nz = data.shape[0]
+    stored = np.clip(np.round((data - intercept) / slope), 0, 4095).astype(np.uint16)
+    hh, mm, ss = acq_seconds // 3600, (acq_seconds // 60) % 60, acq_seconds % 60
+    tm = f"{hh:02d}{mm:02d}{ss:02d}"
+    order = list(range(nz))[::-1] if reverse else list(range(nz))
+    ds = new_dataset(
+        MR_IMAGE_STORAGE, make_uid(seed, pid, "sop", number, -1),
+        PatientID=pid, PatientName=pid, PatientSex="F", StudyInstanceUID=study_uid,
+        SeriesInstanceUID=series_uid, FrameOfReferenceUID=for_uid, Modality="MR",
+        Manufacturer=maker, SeriesDescription=desc, SeriesNumber=number, InstanceNumber=1,
+        StudyDate="19900101", SeriesDate="19900101", AcquisitionTime=tm, SeriesTime=tm,
+        ImageType=["ORIGINAL", "PRIMARY", "OTHER"], ScanningSequence="GR", SequenceVariant="SP",
+        MRAcquisitionType="3D", MagneticFieldStrength="1.5" if maker.startswith("GE") else "3",
+        PixelSpacing=ds_decimal([vol["px"], vol["px"]]), SliceThickness=ds_decimal(vol["thk"]),
+        SpacingBetweenSlices=ds_decimal(vol["thk"]),
+        ImageOrientationPatient=["1", "0", "0", "0", "1", "0"],
+        ImagePositionPatient=ds_decimal([0.0, 0.0, 0.0]), SliceLocation="0",
+        RescaleSlope=ds_decimal(slope), RescaleIntercept=ds_decimal(intercept), RescaleType="US",
+        WindowCenter="400", WindowWidth="800", PatientPosition="FFP",
+    )
+    for inst, k in enumerate(order, start=1):  # one header, per-slice fields updated
+        sop = make_uid(seed, pid, "sop", number, k)
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.InstanceNumber = inst
+        ds.ImagePositionPatient = ds_decimal([vol["origin"][0], vol["origin"][1], float(z[k])])
+        ds.SliceLocation = ds_decimal(float(z[k]))
+        set_pixels(ds, stored[k], bits_stored=12)
+        write_dataset(folder / f"1-{inst:03d}.dcm", ds)
+
+
+def _write_clinical_xlsx(path: Path, rows: Sequence[tuple[str, int, str, str, str]]) -> None:
+    """The clinical table with the real sheet's three header rows (group, name, value coding)."""
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Data"
+    ws.append(["Patient Information", "Patient Information", "MRI Technical Information", "Tumor Characteristics", "Tumor Characteristics"])
+    ws.append(["Patient ID", "Days to MRI (From the Date of Diagnosis)", "Manufacturer", "Tumor Location", "Bilateral Information"])
+    ws.append([None, None, None, "{L = left, R = right}", "{0 = no, 1 = yes, NC = not clear}"])
+    for pid, days, maker, location, bilateral in rows:
+        ws.append([pid, days, maker, location, int(bilateral) if bilateral in ("0", "1") else bilateral])
+    fixed = datetime.datetime(2021, 1, 1)
+    wb.properties.created = fixed
+    wb.properties.modified = fixed
+    tmp = atomic_path(path)
+    wb.save(tmp)
+    tmp.replace(path)

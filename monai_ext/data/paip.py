@@ -1,0 +1,614 @@
+"""PAIP 2019 liver-cancer whole-slide images: preparation and a synthetic generator.
+
+Real layout (one folder, or one sub-folder per case; found recursively)::
+
+    <raw>/.../01_01_0083.svs          Aperio SVS, tiled JPEG pyramid (level 0 ~ 40k x 50k px)
+    <raw>/.../01_01_0083_whole.tif    uint8 {0, 1}, level-0 size: whole tumour area
+    <raw>/.../01_01_0083_viable.tif   uint8 {0, 1}, level-0 size: viable tumour (inside whole)
+
+:func:`prepare` reads each slide through MONAI's :class:`monai.data.WSIReader` (backend
+``tifffile`` by default; ``cucim``/``openslide`` when installed) at one pyramid level (by
+default the coarsest level still at least as large as the largest requested resolution),
+pads it to a square with white (bottom/right, so that output pixel ``p`` is level-0 pixel
+``p * S0 / R`` with ``S0 = max(H0, W0)``), and scales it to each square resolution ``R``
+(default 512 and 1024; powers of two in 512 ... 8192). The masks are read with ``tifffile``
+tile by tile (or strip by strip), never whole: each output pixel gets the exact fraction of
+mask pixels in its level-0 footprint (area down-scaling; the padding counts as background),
+thresholded at one half. Written per resolution ``R``::
+
+    <out>/<R>/images/<case>.png               RGB uint8
+    <out>/<R>/labels/<case>_viable.png        uint8 {0, 1}: the segmentation target
+    <out>/<R>/labels/<case>_whole.png         uint8 {0, 1}: whole tumour (extra key)
+    <out>/datalist_<R>.json                   keys image / label / label_whole
+    <out>/datalist.json                       all resolutions: image_<R> / label_<R> / label_whole_<R>
+    <out>/skipped.json, <out>/cases/<case>.json (slide geometry, level used)
+
+A bundle selects a resolution with one override of its datalist path (``datalist_1024.json``)
+and keeps MONAI's standard ``image``/``label`` keys (which MONAI Label also expects).
+Split: patient-grouped (one slide per patient in PAIP 2019), ``--split`` fractions, ``--seed``.
+
+:func:`synthesize` writes the same raw layout (see :func:`synth_slide`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from monai_ext.data.common import DataError, SkipLog, atomic_path, grouped_split, write_datalist
+from monai_ext.data.runner import check_settings, run_cases
+
+logger = logging.getLogger(__name__)
+
+MIN_RESOLUTION, MAX_RESOLUTION = 512, 8192
+DEFAULT_RESOLUTIONS = (512, 1024)
+DEFAULT_SPLIT = (0.7, 0.15, 0.15)
+MASK_SUFFIXES = {"whole": "_whole.tif", "viable": "_viable.tif"}
+WHITE = 255
+Image.MAX_IMAGE_PIXELS = None  # slides are large by design; no decompression-bomb guard
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+class Slide:
+    """A whole-slide image opened through MONAI's ``WSIReader``.
+
+    ``levels`` lists ``(height, width)`` per pyramid level (level 0 first). For the tifffile
+    backend the pyramid is that of the first image series (``series[0].levels``): MONAI's own
+    ``TiffFileWSIReader.get_level_count``/``get_size`` count every TIFF page, which for SVS
+    includes the thumbnail, label and macro images, so the level sizes are taken here and
+    passed to ``get_data`` explicitly.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "tifffile"):
+        from monai.data import WSIReader
+
+        self.path = Path(path)
+        self.backend = backend
+        if not self.path.is_file():
+            raise DataError(self.path, "slide file not found")
+        try:
+            self.reader = WSIReader(backend=backend, channel_dim=-1)
+            self.wsi = self.reader.read(str(self.path))
+            self.levels = self._level_dims()
+        except DataError:
+            raise
+        except Exception as e:  # truncated / not a TIFF / unsupported by the backend
+            raise DataError(self.path, f"cannot open slide with WSIReader({backend}) ({type(e).__name__}: {e})") from e
+        if not self.levels:
+            raise DataError(self.path, "slide has no image levels")
+
+    def _level_dims(self) -> list[tuple[int, int]]:
+        if self.backend == "tifffile":
+            dims = []
+            for lvl in self.wsi.series[0].levels:
+                ax = dict(zip(lvl.axes, lvl.shape))
+                dims.append((int(ax["Y"]), int(ax["X"])))
+            return dims
+        n = self.reader.get_level_count(self.wsi)
+        return [tuple(int(v) for v in self.reader.get_size(self.wsi, lv)) for lv in range(n)]  # type: ignore[misc]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.levels)
+
+    def downsample(self, level: int) -> tuple[float, float]:
+        """(row, column) down-sampling factor of ``level`` relative to level 0."""
+        (h0, w0), (h, w) = self.levels[0], self.levels[level]
+        return h0 / h, w0 / w
+
+    def read(self, level: int = 0) -> np.ndarray:
+        """The whole image at ``level`` as ``(H, W, 3)`` uint8 RGB."""
+        if not 0 <= level < self.level_count:
+            raise DataError(
+                self.path,
+                f"pyramid level {level} requested but the slide has {self.level_count} pyramid level(s) "
+                f"{self.levels}",
+            )
+        try:
+            arr, _ = self.reader.get_data(self.wsi, location=(0, 0), size=self.levels[level], level=level, mode="RGB")
+        except Exception as e:  # a truncated file usually fails here, decoding the tiles
+            raise DataError(
+                self.path, f"cannot decode level {level}; truncated or corrupt file? ({type(e).__name__}: {e})"
+            ) from e
+        arr = np.asarray(arr)
+        if arr.shape[:2] != self.levels[level] or arr.shape[-1] != 3:
+            raise DataError(self.path, f"level {level} read as shape {arr.shape}, expected {(*self.levels[level], 3)}")
+        return arr.astype(np.uint8, copy=False)
+
+    def close(self) -> None:
+        close = getattr(self.wsi, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def mask_shape(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of a mask TIFF (header only)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    except Exception as e:
+        raise DataError(path, f"cannot read mask TIFF ({type(e).__name__}: {e})") from e
+
+
+def _bins(start: int, length: int, res: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output bins of ``length`` level-0 pixels from ``start`` for a ``side`` -> ``res`` grid:
+    (reduceat start offsets within the run, bin index of each run)."""
+    b = (np.arange(start, start + length, dtype=np.int64) * res) // side
+    starts = np.flatnonzero(np.diff(b, prepend=-1))
+    return starts, b[starts]
+
+
+def read_mask_sums(path: Path, side: int, res: int) -> np.ndarray:
+    """Foreground pixel counts of a level-0 mask TIFF on a ``res x res`` grid covering the
+    ``side x side`` square anchored at the top-left (``res <= side``). Decodes one tile or
+    strip at a time, so memory stays at one segment plus the output."""
+    if res > side:
+        raise ValueError(f"binning needs res <= side, got {res} > {side}")
+    sums = np.zeros((res, res), np.float32)  # counts stay exact: bins hold < 2**24 pixels
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            h_img, w_img = int(page.imagelength), int(page.imagewidth)
+            for seg, idx, _shape in page.segments():
+                if seg is None:  # empty tile (all zero)
+                    continue
+                y0, x0 = int(idx[-3]), int(idx[-2])
+                seg = np.asarray(seg).reshape(seg.shape[-3], seg.shape[-2], -1)[..., 0]
+                seg = seg[: h_img - y0, : w_img - x0]  # edge tiles are padded by the codec
+                fg = (seg > 0).astype(np.float32)
+                rs, rb = _bins(y0, fg.shape[0], res, side)
+                cs, cb = _bins(x0, fg.shape[1], res, side)
+                block = np.add.reduceat(np.add.reduceat(fg, rs, axis=0), cs, axis=1)
+                sums[np.ix_(rb, cb)] += block
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(path, f"cannot decode mask TIFF ({type(e).__name__}: {e})") from e
+    return sums
+
+
+def read_mask_full(path: Path) -> np.ndarray:
+    try:
+        return (tifffile.imread(path, key=0) > 0).astype(np.uint8)
+    except Exception as e:
+        raise DataError(path, f"cannot decode mask TIFF ({type(e).__name__}: {e})") from e
+
+
+def square_masks(path: Path, side: int, resolutions: Sequence[int]) -> dict[int, np.ndarray]:
+    """The mask at each square resolution (uint8 {0, 1}); area fraction >= 0.5 when down-scaling,
+    nearest when up-scaling (resolution above the slide size)."""
+    out: dict[int, np.ndarray] = {}
+    down = sorted(r for r in resolutions if r <= side)
+    if down:
+        top = down[-1]
+        sums = read_mask_sums(path, side, top)
+        counts = np.bincount((np.arange(side, dtype=np.int64) * top) // side, minlength=top).astype(np.float32)
+        for r in down:
+            k = top // r
+            s = sums.reshape(r, k, r, k).sum(axis=(1, 3))
+            c = counts.reshape(r, k).sum(axis=1)
+            out[r] = (2 * s >= np.outer(c, c)).astype(np.uint8)  # area fraction >= 1/2
+    up = [r for r in resolutions if r > side]
+    if up:
+        full = read_mask_full(path)
+        canvas = np.zeros((side, side), np.uint8)
+        canvas[: full.shape[0], : full.shape[1]] = full
+        for r in up:
+            out[r] = np.asarray(Image.fromarray(canvas).resize((r, r), Image.NEAREST))
+    return out
+
+
+def square_image(img: np.ndarray, padded_hw: tuple[int, int], resolutions: Sequence[int]) -> dict[int, np.ndarray]:
+    """Pad ``img`` (H, W, 3) with white to ``padded_hw`` (bottom/right), resize to each ``R x R``
+    (box filter when down-scaling, bilinear when up-scaling)."""
+    ph, pw = max(padded_hw[0], img.shape[0]), max(padded_hw[1], img.shape[1])
+    canvas = Image.new("RGB", (pw, ph), (WHITE, WHITE, WHITE))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    out = {}
+    for r in resolutions:
+        resample = Image.BOX if r <= min(ph, pw) else Image.BILINEAR
+        out[r] = np.asarray(canvas.resize((r, r), resample))
+    return out
+
+
+def choose_level(slide: Slide, target: int) -> int:
+    """Coarsest level whose padded square side is still >= ``target`` pixels (else level 0)."""
+    h0, w0 = slide.levels[0]
+    side0 = max(h0, w0)
+    best = 0
+    for lv in range(slide.level_count):
+        dy, dx = slide.downsample(lv)
+        if side0 / max(dy, dx) >= target:
+            best = lv
+    return best
+
+
+def check_resolutions(resolutions: Sequence[int]) -> list[int]:
+    res = sorted({int(r) for r in resolutions})
+    bad = [r for r in res if not (MIN_RESOLUTION <= r <= MAX_RESOLUTION) or r & (r - 1)]
+    if not res or bad:
+        raise ValueError(
+            f"resolutions must be powers of two in {MIN_RESOLUTION}..{MAX_RESOLUTION} (quadtree patching), got {bad or res}"
+        )
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# preparation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    case: str
+    svs: Path
+    whole: Path
+    viable: Path
+
+
+def discover(raw: Path) -> list[_Case]:
+    """Every ``*.svs`` below ``raw`` with the mask paths beside it (existence checked later)."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DataError(raw, "dataset folder not found")
+    slides = sorted(p for p in raw.rglob("*") if p.suffix.lower() == ".svs" and p.is_file())
+    if not slides:
+        raise DataError(raw, "no .svs slides found (PAIP layout: <case>.svs, <case>_whole.tif, <case>_viable.tif)")
+    cases = [_Case(p.stem, p, p.with_name(p.stem + MASK_SUFFIXES["whole"]), p.with_name(p.stem + MASK_SUFFIXES["viable"])) for p in slides]
+    seen: dict[str, Path] = {}
+    for c in cases:
+        if c.case in seen:
+            raise DataError(c.svs, f"duplicate case id {c.case!r} (also {seen[c.case]})")
+        seen[c.case] = c.svs
+    return cases
+
+
+def _paths(out: Path, case: str, r: int) -> dict[str, Path]:
+    return {
+        "image": out / str(r) / "images" / f"{case}.png",
+        "label": out / str(r) / "labels" / f"{case}_viable.png",
+        "label_whole": out / str(r) / "labels" / f"{case}_whole.png",
+    }
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    Image.fromarray(array).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _prepare_case(c: _Case, out: Path, resolutions: list[int], level: int, backend: str, overwrite: bool) -> dict[str, Any]:
+    info_path = out / "cases" / f"{c.case}.json"
+    paths = {r: _paths(out, c.case, r) for r in resolutions}
+    done = info_path.exists() and all(p.exists() for ps in paths.values() for p in ps.values())
+    if done and not overwrite:
+        return json.loads(info_path.read_text())
+
+    for kind in ("whole", "viable"):
+        if not getattr(c, kind).is_file():
+            raise DataError(getattr(c, kind), f"{kind} mask missing for slide {c.svs.name}")
+    with Slide(c.svs, backend=backend) as slide:
+        h0, w0 = slide.levels[0]
+        for kind in ("whole", "viable"):
+            shape = mask_shape(getattr(c, kind))
+            if shape != (h0, w0):
+                raise DataError(getattr(c, kind), f"mask size {shape} differs from level 0 of {c.svs.name} {(h0, w0)}")
+        side = max(h0, w0)
+        lv = choose_level(slide, max(resolutions)) if level < 0 else level
+        img = slide.read(lv)
+        dy, dx = slide.downsample(lv)
+    images = square_image(img, (round(side / dy), round(side / dx)), resolutions)
+    del img
+    masks = {kind: square_masks(getattr(c, kind), side, resolutions) for kind in ("viable", "whole")}
+    for r in resolutions:
+        outside = int((masks["viable"][r] & (1 - masks["whole"][r])).sum())
+        if outside > 0.01 * max(int(masks["viable"][r].sum()), 1):
+            logger.warning("%s: %d viable-tumour pixels at %d px lie outside the whole-tumour mask %s", c.viable, outside, r, c.whole)
+        _save_png(images[r], paths[r]["image"])
+        _save_png(masks["viable"][r], paths[r]["label"])
+        _save_png(masks["whole"][r], paths[r]["label_whole"])
+    info = {"case": c.case, "level0_size": [h0, w0], "square_side": side, "level": lv, "level_downsample": [dy, dx]}
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(info_path)
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(info_path)
+    return info
+
+
+def add_prepare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resolutions",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_RESOLUTIONS),
+        help=f"square output sizes, powers of two in {MIN_RESOLUTION}..{MAX_RESOLUTION} (default %(default)s)",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=-1,
+        help="pyramid level to read (default -1: coarsest level at least as large as the largest resolution)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="tifffile",
+        choices=("tifffile", "cucim", "openslide"),
+        help="MONAI WSIReader backend (default tifffile; the others need their package installed)",
+    )
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=list(DEFAULT_SPLIT),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="split fractions (default %(default)s)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+
+def prepare(
+    raw: Path,
+    out: Path,
+    overwrite: bool = False,
+    seed: int = 0,
+    resolutions: Sequence[int] = DEFAULT_RESOLUTIONS,
+    level: int = -1,
+    backend: str = "tifffile",
+    split: Sequence[float] = DEFAULT_SPLIT,
+    workers: int = 1,
+) -> dict:
+    """Prepare a PAIP 2019 folder (real or synthetic) into ``out``; returns the all-resolution
+    datalist (``datalist.json``); ``datalist_<R>.json`` are written beside it."""
+    raw, out = Path(raw), Path(out)
+    res = check_resolutions(resolutions)
+    # the level changes the pixels of every resolution; resolutions are separate folders
+    settings = {"level": int(level)}
+    check_settings(out, settings, overwrite)
+    cases = discover(raw)
+    assign = grouped_split([c.case for c in cases], fractions=tuple(split), seed=seed)
+    skips = SkipLog()
+    per_res: dict[int, dict[str, list]] = {r: {"training": [], "validation": [], "test": []} for r in res}
+    combined: dict[str, list] = {"training": [], "validation": [], "test": []}
+    out.mkdir(parents=True, exist_ok=True)
+    worker = functools.partial(_prepare_case, out=out, resolutions=res, level=level, backend=backend, overwrite=overwrite)
+    results = {}
+    for c, info, error in run_cases(worker, cases, workers=workers, desc="PAIP slides"):
+        if error is not None:
+            skips.add(c.case, error, path=None if isinstance(error, DataError) else c.svs)
+        else:
+            results[c.case] = info
+    for c in cases:  # in case order, whatever order the workers finished in
+        if c.case not in results:
+            continue
+        info = results[c.case]
+        split_name = assign[c.case]
+        entry_all: dict[str, Any] = {"case": c.case, "level0_size": info["level0_size"]}
+        for r in res:
+            rel = {k: str(p.relative_to(out)) for k, p in _paths(out, c.case, r).items()}
+            per_res[r][split_name].append({**rel, "case": c.case, "level0_size": info["level0_size"]})
+            entry_all.update({f"{k}_{r}": v for k, v in rel.items()})
+        combined[split_name].append(entry_all)
+    skips.write(out)
+    meta = {"dataset": "paip", "labels": {"0": "background", "1": "viable tumour"}, "settings": settings, "seed": seed}
+    for r in res:
+        write_datalist(out, per_res[r], filename=f"datalist_{r}.json", resolution=r, **meta)
+    write_datalist(out, combined, resolutions=res, **meta)
+    return combined
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic PAIP
+# --------------------------------------------------------------------------------------------
+
+APERIO = "Aperio Image Library v12.0.15"
+TILE = 256
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Smooth unit-variance noise with features of about ``scale`` pixels."""
+    gh, gw = int(np.ceil(shape[0] / scale)) + 3, int(np.ceil(shape[1] / scale)) + 3
+    g = rng.normal(size=(gh, gw)).astype(np.float32)
+    big = Image.fromarray(g).resize((int(round(gw * scale)), int(round(gh * scale))), Image.BICUBIC)
+    z = np.asarray(big)[: shape[0], : shape[1]]
+    return (z - z.mean()) / (z.std() + 1e-6)
+
+
+def _fractal(rng, shape, scales: Sequence[float], gains: Sequence[float]) -> np.ndarray:
+    """Sum of smooth noise octaves, built at a reduced grid (finest scale / 4) and up-sampled once."""
+    f = max(1, int(min(scales) // 4))
+    if f == 1:
+        return sum(g * _smooth(rng, shape, s) for s, g in zip(scales, gains))
+    small = (-(-shape[0] // f), -(-shape[1] // f))
+    z = sum(g * _smooth(rng, small, s / f) for s, g in zip(scales, gains)).astype(np.float32)
+    big = Image.fromarray(z).resize((small[1] * f, small[0] * f), Image.BICUBIC)
+    return np.asarray(big)[: shape[0], : shape[1]]
+
+
+def _nuclei(uniform: np.ndarray, low: np.ndarray, high: np.ndarray, sigma: float) -> np.ndarray:
+    """Blob map in [0, 1]: nuclei of radius ~2*sigma seeded where ``low <= uniform < high``
+    (``high - low``: expected nuclei per pixel; disjoint intervals share one uniform field)."""
+    seeds = ((uniform >= low) & (uniform < high)).astype(np.float32)
+    blobs = ndimage.gaussian_filter(seeds, sigma, truncate=3.0) * (2 * np.pi * sigma**2)
+    return np.clip(blobs * 1.6, 0, 1)
+
+
+def synth_slide(rng: np.random.Generator, size: int = 2048):
+    """One synthetic H&E liver slide at level 0: ``(rgb (H, W, 3) uint8, whole, viable)``.
+
+    What it models: tissue fragments (fractal outline) on white glass; normal liver (pink
+    hepatocyte cytoplasm in cords, regular round nuclei, pale sinusoids, a few dense
+    inflammatory clusters); one tumour whose outline is a multi-scale fractal down to ~16 px
+    plus satellite nodules (fine boundary detail that coarse patches miss); inside it viable
+    tumour (crowded, larger, darker, pleomorphic nuclei, bluish cytoplasm), necrosis (pale
+    eosinophilic, nuclear debris) and a fibrous capsule along the border, both in the whole but
+    not the viable mask. Colours follow Beer-Lambert mixing of haematoxylin and eosin optical
+    densities with per-slide stain variation and JPEG-like noise. ``size``: level-0 width; the
+    height is 75-100 % of it (not square, as real slides).
+    """
+    W = int(size)
+    H = int(W - 64 * rng.integers(0, max(1, W // 256)))
+    shape = (H, W)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    u, v = xx / W, yy / W  # coordinates in units of the width
+    s = W / 2048  # feature scale relative to the default size
+
+    # tissue: an ellipse-like envelope with a fractal edge, on white glass
+    cx, cy = rng.uniform(0.42, 0.58), H / W * rng.uniform(0.42, 0.58)
+    ax, ay = rng.uniform(0.34, 0.44), H / W * rng.uniform(0.34, 0.44)
+    env = np.sqrt(((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2)
+    tissue = env + 0.22 * _fractal(rng, shape, (W / 3, W / 8, W / 24), (1.0, 0.5, 0.25)) < 1.0
+
+    # tumour (whole): blob with multi-scale fractal boundary and satellite nodules
+    tx, ty = cx + rng.uniform(-0.12, 0.12), cy + rng.uniform(-0.1, 0.1)
+    tr = rng.uniform(0.15, 0.26)
+    d = np.sqrt((u - tx) ** 2 + (v - ty) ** 2) / tr
+    edge = _fractal(rng, shape, (W / 4, W / 12, W / 40, 16 * s), (0.22, 0.12, 0.07, 0.05))
+    whole = d + edge < 1.0
+    for _ in range(int(rng.integers(2, 6))):  # satellite nodules, evaluated in their box
+        ang, rr = rng.uniform(0, 2 * np.pi), tr * rng.uniform(1.05, 1.35)
+        nx, ny, nr = tx + rr * np.cos(ang), ty + rr * np.sin(ang), tr * rng.uniform(0.06, 0.15)
+        r0, r1 = max(0, int((ny - 1.3 * nr) * W)), min(H, int((ny + 1.3 * nr) * W) + 1)
+        c0, c1 = max(0, int((nx - 1.3 * nr) * W)), min(W, int((nx + 1.3 * nr) * W) + 1)
+        if r0 < r1 and c0 < c1:
+            b = (slice(r0, r1), slice(c0, c1))
+            whole[b] |= np.sqrt((u[b] - nx) ** 2 + (v[b] - ny) ** 2) / nr + 0.1 * edge[b] < 1.0
+    whole &= tissue
+    # fibrous capsule along the border and necrotic areas inside: in "whole", not "viable"
+    inner = ndimage.binary_erosion(whole, iterations=max(1, int(round(10 * s))))
+    deep = ndimage.binary_erosion(inner, iterations=max(1, int(round(30 * s))))
+    necrosis = (_fractal(rng, shape, (W / 10, W / 30), (1.0, 0.35)) > rng.uniform(0.9, 1.4)) & deep
+    viable = inner & ~necrosis
+    capsule = whole & ~inner
+
+    # inflammatory clusters in normal tissue (dense small nuclei: a distractor)
+    infl = (_smooth(rng, shape, 60 * s) > 2.0) & tissue & ~whole
+
+    # stain concentrations
+    fib = _fractal(rng, shape, (40 * s, 8 * s, 3), (0.5, 0.35, 0.15))
+    cords = np.sin((xx * np.cos(0.7) + yy * np.sin(0.7)) / (9 * s) + 2.5 * _smooth(rng, shape, 50 * s))
+    eos = np.where(tissue, 0.42 + 0.08 * fib + 0.10 * cords, 0.0)
+    eos = np.where(viable, 0.24 + 0.06 * fib, eos)
+    eos = np.where(necrosis & whole, 0.36 + 0.12 * fib, eos)
+    eos = np.where(capsule, 0.62 + 0.12 * fib, eos)
+    hem = (0.03 * tissue + 0.12 * viable).astype(np.float32)
+
+    # nuclei densities (per pixel), modulated so that neither class has one fixed density:
+    # denser normal areas and sparser (well differentiated) tumour areas overlap in range
+    px = np.float32(1.0 / (s * s))
+    mod = np.exp(0.35 * _smooth(rng, shape, W / 8)).astype(np.float32)
+    dens_normal = np.where(tissue & ~whole & ~infl, px / 420, 0).astype(np.float32) * mod
+    dens_tumour = np.where(viable, px / 170, 0).astype(np.float32) / mod
+    dens_small = (np.where(infl, 1 / 60, 0) + np.where(capsule, 1 / 500, 0) + np.where(necrosis & whole, 1 / 250, 0)).astype(np.float32) * px
+    uni = rng.random(shape, dtype=np.float32)
+    c1 = dens_normal
+    c2 = c1 + 0.6 * dens_tumour
+    c3 = c2 + 0.4 * dens_tumour
+    c4 = c3 + dens_small
+    nuc = 0.95 * _nuclei(uni, 0, c1, 2.2 * s)
+    nuc = np.maximum(nuc, 1.25 * _nuclei(uni, c2 - 0.6 * dens_tumour, c2, 2.8 * s))
+    nuc = np.maximum(nuc, 1.45 * _nuclei(uni, c2, c3, 3.8 * s))
+    nuc = np.maximum(nuc, 1.1 * _nuclei(uni, c3, c4, 1.3 * s))
+    hem = hem + nuc
+    eos = eos * (1 - 0.5 * np.clip(nuc, 0, 1))
+
+    # Beer-Lambert colour with per-slide stain vectors
+    h_vec = np.array([0.65, 0.70, 0.29]) + rng.normal(0, 0.04, 3)
+    e_vec = np.array([0.10, 0.90, 0.30]) + rng.normal(0, 0.04, 3)
+    h_vec = (h_vec / np.linalg.norm(h_vec) * rng.uniform(0.9, 1.15)).astype(np.float32)
+    e_vec = (e_vec / np.linalg.norm(e_vec) * rng.uniform(0.9, 1.15)).astype(np.float32)
+    od = hem[..., None] * h_vec + eos.astype(np.float32)[..., None] * e_vec
+    od += 0.025 + 0.012 * rng.standard_normal(shape, dtype=np.float32)[..., None]
+    rgb = np.clip(255 * np.exp(-np.clip(od, 0, None)), 0, 255).astype(np.uint8)
+    return rgb, whole.astype(np.uint8), viable.astype(np.uint8)
+
+
+def _aperio(W: int, H: int, extra: str = "") -> str:
+    return f"{APERIO} \r\n{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE}){extra}"
+
+
+def write_svs(path: Path, level0: np.ndarray, downsamples: Sequence[int] = (4, 16), mpp: float = 0.502, quality: int = 85) -> None:
+    """Write ``level0`` (H, W, 3) uint8 as an Aperio-style SVS: tiled JPEG level 0, a stripped
+    thumbnail (second page, as Aperio does), tiled JPEG lower levels for each downsample that
+    leaves at least one tile, then label and macro images (Aperio's page order and subfile
+    types). The ImageDescription carries Aperio's header and fields (AppMag, MPP): tifffile
+    reads the file as SVS (``is_svs``; series Baseline with its levels, Thumbnail, Label, Macro)."""
+    H, W = level0.shape[:2]
+    name = Path(path).stem
+    fields = f"|AppMag = 20|StripeWidth = 2040|ScanScope ID = SYNTH|Filename = {name}|MPP = {mpp:.4f}|Date = 01/01/19"
+    img = Image.fromarray(level0)
+    kw: dict[str, Any] = {"metadata": None, "photometric": "rgb"}
+    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}}
+    tmp = atomic_path(Path(path))
+    with tifffile.TiffWriter(tmp) as tw:
+        tw.write(level0, tile=(TILE, TILE), description=_aperio(W, H, f" JPEG/RGB Q={quality}" + fields), subfiletype=0, **jpeg, **kw)
+        t = max(1, int(np.ceil(max(W, H) / 768)))
+        thumb = np.asarray(img.reduce(t))
+        tw.write(thumb, rowsperstrip=16, description=f"{APERIO} \r\n{W}x{H} -> {thumb.shape[1]}x{thumb.shape[0]} - " + fields, **jpeg, **kw)
+        for ds in downsamples:
+            if max(W, H) // ds < TILE:
+                break
+            lv = np.asarray(img.reduce(ds))
+            desc = _aperio(W, H, f" -> {lv.shape[1]}x{lv.shape[0]} JPEG/RGB Q={quality}")
+            tw.write(lv, tile=(TILE, TILE), description=desc, subfiletype=0, **jpeg, **kw)
+        label = np.full((463, 387, 3), 235, np.uint8)
+        label[40:120, 30:357] = 20  # a printed bar
+        tw.write(label, compression="lzw", description=f"{APERIO}\r\nlabel 387x463", subfiletype=1, **kw)
+        macro = np.full((431, 1280, 3), 200, np.uint8)
+        mt = np.asarray(img.resize((int(380 * W / max(W, H)), int(380 * H / max(W, H)))))
+        macro[20 : 20 + mt.shape[0], 800 : 800 + mt.shape[1]] = mt
+        tw.write(macro, rowsperstrip=16, description=f"{APERIO}\r\nmacro 1280x431", subfiletype=9, **jpeg, **kw)
+    tmp.replace(path)
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """A level-0 mask as PAIP ships them: uint8 {0, 1}, tiled, LZW-compressed TIFF."""
+    tmp = atomic_path(Path(path))
+    tifffile.imwrite(tmp, mask.astype(np.uint8), tile=(TILE, TILE), compression="lzw", photometric="minisblack", metadata=None)
+    tmp.replace(path)
+
+
+def add_synth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=2048, help="level-0 width of each slide in pixels (default %(default)s)")
+
+
+def synthesize(out: Path, cases: int = 12, seed: int = 0, size: int = 2048) -> None:
+    """Write ``cases`` synthetic slides (``<case>.svs``, ``<case>_whole.tif``, ``<case>_viable.tif``)
+    named like PAIP 2019 (``01_01_0001`` ...). Each slide is seeded by ``(seed, index)``."""
+    out = Path(out)
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    if size < TILE:
+        raise ValueError(f"size must be >= {TILE}, got {size}")
+    out.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(1, cases + 1), desc="paip synth", unit="slide"):
+        rng = np.random.default_rng([seed, i])
+        rgb, whole, viable = synth_slide(rng, size)
+        case = f"01_01_{i:04d}"
+        write_svs(out / f"{case}.svs", rgb)
+        write_mask(out / f"{case}_whole.tif", whole)
+        write_mask(out / f"{case}_viable.tif", viable)
+    logger.info("synthetic PAIP: %d slides, level 0 width %d, in %s", cases, size, out)

@@ -1,0 +1,178 @@
+"""The classification bundles end to end through ``python -m monai.bundle run`` (tiny sizes):
+train, evaluate, inference, DDP with 2 CPU processes, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_ext.data import duke, vindr_cxr
+
+ROOT = Path(__file__).resolve().parents[1]
+VINDR = ROOT / "bundles" / "vindr_cxr_cardiomegaly_classification"
+DUKE = ROOT / "bundles" / "duke_breast_mri_classification"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def bundle_cmd(bundle: Path, configs: list[str], run_id: str, **overrides) -> list[str]:
+    files = [str(bundle / "configs" / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(files).replace('"', "'"),
+           "--meta_file", str(bundle / "configs" / "metadata.json"),
+           "--logging_file", str(bundle / "configs" / "logging.conf")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return cmd
+
+
+def run_bundle(bundle: Path, configs: list[str], run_id: str = "run", timeout: int = 300, check: bool = True,
+               **overrides) -> subprocess.CompletedProcess:
+    proc = subprocess.run(bundle_cmd(bundle, configs, run_id, **overrides), capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=bundle)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def vindr_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vindr")
+    vindr_cxr.synthesize(root / "raw", cases=40, seed=0)
+    vindr_cxr.prepare(root / "raw", root / "prepared", resolutions=[64])
+    test_labels = {e["label"] for e in json.loads((root / "prepared" / "datalist_64.json").read_text())["test"]}
+    assert test_labels == {0, 1}, "the fixture needs both classes in the test split"
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def duke_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("duke")
+    duke.synthesize(root / "raw", cases=8, seed=0)
+    duke.prepare(root / "raw", root / "prepared", out_size=[32, 32, 8])
+    return root / "prepared"
+
+
+def _io(tmp: Path, data: Path) -> dict:
+    return dict(dataset_dir=str(data), ckpt_dir=str(tmp / "models"), output_dir=str(tmp / "eval"),
+                log_dir=str(tmp / "logs"), num_workers=0, batch_size=4)
+
+
+def test_vindr_train_evaluate_infer(vindr_data, tmp_path):
+    io = _io(tmp_path, vindr_data)
+    proc = run_bundle(VINDR, ["train.yaml"], "training", epochs=2, image_size=64, **io)
+    assert "val_auroc" in proc.stdout + proc.stderr
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=2.pt").is_file()
+    state = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]  # ignite keeps iterations
+
+    run_bundle(VINDR, ["train.yaml", "evaluate.yaml"], image_size=64, **io)
+    metrics = (tmp_path / "eval" / "metrics.csv").read_text()
+    assert metrics.startswith("test_auroc")
+    auroc = float(metrics.split(",")[1])
+    assert 0.0 <= auroc <= 1.0
+    n_test = len(json.loads((vindr_data / "datalist_64.json").read_text())["test"])
+    preds = (tmp_path / "eval" / "predictions.csv").read_text().strip().splitlines()
+    assert len(preds) == n_test
+
+    out = tmp_path / "infer"
+    run_bundle(VINDR, ["inference.yaml"], image_size=64, dataset_dir=str(vindr_data), ckpt_dir=str(models),
+               output_dir=str(out))
+    rows = [r.split(",") for r in (out / "predictions.csv").read_text().strip().splitlines()]
+    assert len(rows) == n_test
+    for r in rows:
+        assert abs(float(r[1]) + float(r[2]) - 1.0) < 1e-4  # per-class probabilities
+
+
+@pytest.mark.parametrize("attention", ["softmax", "sima"])
+def test_vindr_attention_variant_by_override(vindr_data, tmp_path, attention):
+    io = _io(tmp_path, vindr_data)
+    run_bundle(VINDR, ["train.yaml"], "training", epochs=1, image_size=64, **{"network_def#attention": attention},
+               **io)
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_duke_train_evaluate_infer(duke_data, tmp_path):
+    io = _io(tmp_path, duke_data)
+    size = [32, 32, 8]
+    run_bundle(DUKE, ["train.yaml"], "training", epochs=1, image_size=size, **io)
+    run_bundle(DUKE, ["train.yaml", "evaluate.yaml"], image_size=size, **io)
+    assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("test_auroc")
+    run_bundle(DUKE, ["inference.yaml"], image_size=size, dataset_dir=str(duke_data),
+               ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "infer"))
+    assert (tmp_path / "infer" / "predictions.csv").is_file()
+
+
+def test_vindr_ddp_two_cpu_processes(vindr_data, tmp_path):
+    io = _io(tmp_path, vindr_data)
+    files = [str(VINDR / "configs" / c) for c in ("train.yaml", "multi_gpu_train.yaml")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'"),
+           "--meta_file", str(VINDR / "configs" / "metadata.json"),
+           "--logging_file", str(VINDR / "configs" / "logging.conf"), "--epochs", "1", "--image_size", "64"]
+    for k, v in io.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, cwd=VINDR)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert "backend=gloo rank=0/2" in log and "backend=gloo rank=1/2" in log
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(VINDR / "configs" / "inference.yaml"))
+    parser["image_size"] = 64
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
+    net.load_state_dict(state)  # single-object checkpoint: the state dict itself, no "module." prefix
+
+def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
+    io = _io(tmp_path, vindr_data)
+    cmd = bundle_cmd(VINDR, ["train.yaml"], "training", epochs=4, image_size=64, **io)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=VINDR)
+    ckpt = tmp_path / "models" / "checkpoint_epoch=1.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the saver finish writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint written before the kill"
+    done = sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt"))
+    assert done and "checkpoint_epoch=4.pt" not in done, f"training finished before the kill: {done}"
+    resumed_from = int(done[-1].split("=")[1].split(".")[0])
+    out = run_bundle(VINDR, ["train.yaml"], "training", epochs=4, image_size=64, resume=True, **io)
+    log = out.stdout + out.stderr
+    assert "resuming from" in log
+    assert f"Epoch: {resumed_from}/4" not in log and f"Epoch: {resumed_from + 1}/4" in log
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 4 * state["trainer"]["epoch_length"]
+    assert state["lr_scheduler"]["last_epoch"] == 4
+
+
+def test_bad_input_found_before_training(vindr_data, tmp_path):
+    io = _io(tmp_path, vindr_data)
+    missing = tmp_path / "nowhere"
+    proc = run_bundle(VINDR, ["train.yaml"], "training", check=False, image_size=64, **{**io, "dataset_dir": str(missing)})
+    assert proc.returncode != 0 and f"dataset_dir {missing} does not exist" in proc.stderr
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    body = json.loads((vindr_data / "datalist_64.json").read_text())
+    for item in body["training"] + body["validation"]:
+        item["image"] = str(vindr_data / item["image"])
+    body["training"][0]["image"] = str(tmp_path / "gone.png")
+    body["validation"][0]["label"] = 5
+    (bad / "datalist_64.json").write_text(json.dumps(body))
+    proc = run_bundle(VINDR, ["train.yaml"], "training", check=False, image_size=64, **{**io, "dataset_dir": str(bad)})
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'gone.png'}: image file missing" in proc.stderr
+    assert "label 5 is not a class index in [0, 2)" in proc.stderr
+    assert not (tmp_path / "models").exists()  # nothing trained
