@@ -238,6 +238,8 @@ def test_patch_values_area_and_nearest():
     near = extract_patches(lab, meta, "nearest", layout="patches")
     assert near.dtype == np.uint8
     u8 = extract_patches(img.astype(np.uint8), meta, "area", layout="patches")
+    np.testing.assert_array_equal(extract_patches(img, meta, "area", layout="grid"), tokens_to_grid(area))
+    np.testing.assert_array_equal(extract_patches(lab, meta, "nearest", layout="grid"), tokens_to_grid(near))
     for i, (y, x, s) in enumerate(meta["leaves"]):
         if not meta["mask"][i]:
             assert not area[i].any() and not near[i].any()
@@ -336,6 +338,11 @@ def test_unpatch_bilinear_matches_torch_per_leaf():
     for i, (y, x, s) in enumerate(meta["leaves"][: meta["num_leaves"]]):
         ref = torch.nn.functional.interpolate(tokens[i : i + 1], size=(int(s), int(s)), mode="bilinear", align_corners=False)[0]
         torch.testing.assert_close(rec[:, y : y + s, x : x + s], ref)
+    # argmax: 2 classes go through the resized difference, K > 2 through max; both = argmax of rec
+    two = quadtree_unpatch(tokens[:, :2], meta, layout="patches", argmax=True)
+    assert (two[0] == rec[:2].argmax(0)).float().mean() > 0.999
+    three = quadtree_unpatch(tokens, meta, layout="patches", argmax=True)
+    torch.testing.assert_close(three[0], rec.argmax(0).float())
 
 
 # ----------------------------------------------------------------------------- determinism / types
@@ -366,6 +373,10 @@ def test_edge_map_backends_and_gray():
     # gray conversion: OpenCV luminance weights; CT window; float [0, 1]; constant image
     px = np.array([255, 0, 0], np.uint8).reshape(3, 1, 1)
     assert abs(int(to_uint8_gray(px)[0, 0]) - 76) <= 1
+    rnd = np.random.default_rng(13).integers(0, 256, size=(3, 64, 64), dtype=np.uint8)
+    lum = np.tensordot([0.299, 0.587, 0.114], rnd.astype(np.float64), axes=1)
+    assert np.abs(to_uint8_gray(rnd) - lum).max() <= 1.0
+    assert np.abs(to_uint8_gray(rnd / 255.0) - lum).max() <= 0.5 + 1e-6  # float in [0, 1]: x 255, rounded
     ct = np.array([[[-1000.0, 40.0, 240.0, 3000.0]]], dtype=np.float32)
     np.testing.assert_array_equal(to_uint8_gray(ct, window=(-160, 240)), [[0, 128, 255, 255]])
     np.testing.assert_array_equal(to_uint8_gray(np.full((1, 2, 2), 0.5)), 128)
@@ -519,3 +530,13 @@ def test_pure_numpy_fallbacks_match_opencv_paths(ihc, monkeypatch):
     assert compute_edge_map(ihc).mean() > 0.01  # skimage Canny
     with pytest.raises(ImportError, match="opencv"):
         compute_edge_map(ihc, backend="opencv")
+
+
+def test_unpatch_rejects_batched_metadata():
+    from monai.data import list_data_collate
+
+    img = np.random.default_rng(12).random((1, 32, 32)).astype(np.float32)
+    grid, meta = quadtree_patch(img, patch_size=4, num_tokens=16)
+    batch = list_data_collate([{"m": meta}, {"m": meta}])
+    with pytest.raises(ValueError, match="decollate|batched"):
+        quadtree_unpatch(grid, batch["m"])

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Build the MONAI Label virtual environment (.venv-label) once; a no-op when it is complete.
+#   bash scripts/setup_label_env.sh
+# MONAI Label 0.8.5 needs its own pins (see docs/monailabel.md): torch 2.14.1 with a
+# torchvision that imports, monai 1.5.2 (1.6's Spacingd fails on MONAI Label's string
+# ``image_path`` key), pydicom 2.4 (pydicom 3 breaks pydicom-seg), numpy 1.26.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${LABEL_VENV:-.venv-label}
+STAMP="$VENV/.monai_ext_label_env_ok"
+if [ -f "$STAMP" ]; then
+    echo "MONAI Label environment ready: $VENV ($(cat "$STAMP"))"
+    exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+$PIP install -q torch==2.14.1 torchvision==0.29.1
+$PIP install -q monailabel==0.8.5 monai==1.5.2 pydicom==2.4.4 "dicomweb-client[gcp]==0.59.1" pynetdicom==2.0.2
+# monai_ext itself, without letting pip touch the pinned stack ...
+$PIP install -q -e . --no-deps
+# ... plus the runtime dependencies of monai_ext that MONAI Label does not bring; pinned so
+# that none of them upgrades numpy past 1.26 (checked below).
+missing=$("$VENV/bin/python" - <<'PY'
+import importlib.util
+need = {"einops": "einops>=0.6", "tifffile": "tifffile>=2023.1.1", "imagecodecs": "imagecodecs>=2023.1.23",
+        "pytorch-ignite": "pytorch-ignite>=0.4.11", "itk": "itk>=5.3", "jsonschema": "jsonschema>=4.0",
+        "fire": "fire>=0.5", "yaml": "pyyaml>=6.0", "nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.21",
+        "SimpleITK": "SimpleITK>=2.2", "tqdm": "tqdm>=4.64"}
+mods = {"pytorch-ignite": "ignite"}
+print(" ".join(spec for m, spec in need.items() if importlib.util.find_spec(mods.get(m, m)) is None))
+PY
+)
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    $PIP install -q $missing "numpy==$("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
+fi
+versions=$("$VENV/bin/python" -c 'import numpy, torch, monai, monailabel; print(f"numpy {numpy.__version__} torch {torch.__version__} monai {monai.__version__} monailabel {monailabel.__version__}")')
+case "$versions" in
+    "numpy 1.26"*) ;;
+    *) echo "ERROR: $VENV has $versions; MONAI Label 0.8.5 needs numpy 1.26" >&2; exit 1 ;;
+esac
+echo "$versions" > "$STAMP"
+echo "MONAI Label environment ready: $VENV ($versions)"
