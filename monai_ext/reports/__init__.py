@@ -1,1 +1,42 @@
-"""See the package docstring of monai_ext."""
+"""Reproducible evaluation reports.
+
+:class:`EvaluationReport` is a MONAI / Ignite handler for a bundle's ``evaluate.yaml``: it collects
+per-case predictions during the evaluator run and writes ``metrics.json`` (deterministic: seeded
+bootstrap CIs, rounded floats, sorted keys), ``per_case.csv``, figures, ``report.md``, a
+self-contained ``report.html`` and ``provenance.json``. :func:`write_report` does the same from
+per-case records (``monai-ext report build``); :func:`compare_table` puts several evaluation folders
+in one table (``monai-ext report compare``). See ``docs/reports.md``.
+
+Names are imported lazily, so ``monai-ext`` (which imports :mod:`monai_ext.reports.cli`) does not load
+torch / MONAI / matplotlib until a report command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EvaluationReport": "handler",
+    "CheckpointMismatchError": "handler",
+    "check_checkpoint": "handler",
+    "case_id_of": "handler",
+    "write_report": "writer",
+    "read_cases_csv": "writer",
+    "classification_summary": "summary",
+    "segmentation_summary": "summary",
+    "compare_table": "compare",
+    "load_run": "compare",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,162 @@
+"""Provenance of an evaluation: code (git commit, dirty flag), package versions, SHA-256 of the resolved
+config, checkpoint and datalist, seeds, device and timing. Written to ``provenance.json``, apart from
+``metrics.json``, so the metrics file stays byte-identical between runs."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["sha256_file", "sha256_json", "canonical_json", "git_info", "package_versions", "device_info",
+           "find_bundle_config", "resolve_config", "file_record"]
+
+#: distributions whose versions are recorded (missing ones are skipped)
+PACKAGES = ("monai_ext", "monai", "torch", "numpy", "pytorch-ignite", "scipy", "scikit-image", "scikit-learn",
+            "matplotlib", "nibabel", "pydicom", "itk", "SimpleITK", "tifffile", "einops")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, compact JSON (non-JSON values as ``str``): the form that is hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+def file_record(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """``{"path", "sha256", "bytes"}`` of an existing file, ``{"path", "missing": True}`` otherwise."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return {"path": str(p), "missing": True}
+    return {"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Commit and dirty flag (tracked files changed) of the git work tree holding ``path`` (default: this
+    package's source), or ``{"commit": None}`` outside a checkout or without git."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    if where.is_file():
+        where = where.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        commit = git("rev-parse", "HEAD")
+        changed = [ln for ln in git("status", "--porcelain", "--untracked-files=no").splitlines() if ln.strip()]
+        untracked = [ln for ln in git("status", "--porcelain", "--untracked-files=normal").splitlines()
+                     if ln.startswith("??")]
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"commit": None, "note": f"not a git checkout or git unavailable ({type(e).__name__})"}
+    return {"work_tree": top, "commit": commit, "dirty": bool(changed), "changed_files": len(changed),
+            "untracked_files": len(untracked)}
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: Any = None) -> dict[str, Any]:
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    info: dict[str, Any] = {"device": str(dev), "platform": platform.platform(), "cpu": _cpu_name(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        info.update(gpu=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def find_bundle_config() -> tuple[dict[str, Any] | None, str]:
+    """The merged config of the bundle being run by ``python -m monai.bundle run`` (all config files and
+    command-line overrides applied, expressions unevaluated: what MONAI's ``save_execute_config``
+    exports), found as the ``ConfigParser`` on the call stack. ``(None, reason)`` when not inside a
+    bundle run."""
+    from monai.bundle import ConfigParser
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            try:
+                parser = obj if isinstance(obj, ConfigParser) else getattr(obj, "parser", None)
+            except Exception:  # a property that fails: not a bundle workflow
+                parser = None
+            if isinstance(parser, ConfigParser):
+                return parser.get(), "the running bundle's ConfigParser (config files + overrides)"
+            frame = frame.f_back
+    finally:
+        del frame
+    return None, "not found: not running inside `python -m monai.bundle run`"
+
+
+def resolve_config(config: Any) -> tuple[dict[str, Any] | None, str]:
+    """``config`` as a dict with a description of its source.
+
+    ``None`` -> :func:`find_bundle_config`; a dict -> itself; a ``ConfigParser`` -> its content; a path or
+    a list of paths -> the files merged in order as MONAI does.
+    """
+    from monai.bundle import ConfigParser
+
+    if config is None:
+        return find_bundle_config()
+    if isinstance(config, ConfigParser):
+        return config.get(), "ConfigParser given"
+    if isinstance(config, Mapping):
+        return dict(config), "dict given"
+    files = [config] if isinstance(config, (str, os.PathLike)) else list(config)
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"config file(s) not found: {missing}")
+    return ConfigParser.load_config_files([str(f) for f in files]), f"files {[str(f) for f in files]}"
+
+
+def command_line() -> list[str]:
+    """``sys.argv`` with ``python -m monai.bundle`` spelt as such."""
+    argv = list(sys.argv)
+    if argv and argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+        argv = ["python", "-m", "monai.bundle", *argv[1:]]
+    return argv

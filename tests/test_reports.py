@@ -1,0 +1,431 @@
+"""Evaluation reports: numbers against independent references (scikit-learn, MONAI's metrics, a naive Dice),
+determinism of ``metrics.json``, the HTML report in headless Chromium, ``monai-ext report``, bad input, and
+one tiny real bundle evaluation (twice, in DDP, with a wrong checkpoint, with an empty test split)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monai_ext.reports import (CheckpointMismatchError, EvaluationReport, check_checkpoint, classification_summary,
+                               compare_table, read_cases_csv, write_report)
+from monai_ext.reports import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+VINDR = ROOT / "bundles" / "vindr_cxr_cardiomegaly_classification"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def _binary_records(n: int, seed: int, ties: bool = False, prefix: str = "c") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes
+    s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.2 * (2 * y - 1))))
+    if ties:
+        s = np.round(s, 1)
+    return [{"case_id": f"{prefix}{i:04d}", "label": int(a), "probability": float(b)} for i, (a, b) in enumerate(zip(y, s))]
+
+
+# ----------------------------------------------------------------------------------------------- classification
+@pytest.mark.parametrize("n,seed,ties", [(8, 0, False), (60, 1, True), (300, 2, False)])
+def test_auroc_equals_sklearn_and_ci_contains_it(n, seed, ties):
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    recs = _binary_records(n, seed, ties)
+    y = np.array([r["label"] for r in recs])
+    s = np.array([r["probability"] for r in recs])
+    val = _binary_records(40, seed + 100, prefix="v")
+    m, _ = classification_summary(recs, validation_records=val, n_bootstrap=400, seed=3)
+    auc = m["auroc"]
+    assert auc["value"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    assert auc["value"] == 1.0 or auc["ci_high"] - auc["ci_low"] > 0  # a perfect ranking stays perfect
+    # the vectorised bootstrap AUROC against scikit-learn on the same resamples
+    idx = stats.stratified_bootstrap_indices(y, 5, seed=9)
+    for row, b in zip(idx, stats.auroc_bootstrap(s, y, idx)):
+        assert b == pytest.approx(roc_auc_score(y[row], s[row]), abs=1e-12)
+    # Youden threshold: brute force over every candidate threshold on the validation predictions
+    vy = np.array([r["label"] for r in val])
+    vs = np.array([r["probability"] for r in val])
+    best_j = max(np.mean(vs[vy == 1] >= t) + np.mean(vs[vy == 0] < t) - 1 for t in np.unique(vs))
+    sel = m["threshold_selection"]
+    assert sel["youden_j"] == pytest.approx(best_j)
+    t = sel["threshold"]
+    assert np.mean(vs[vy == 1] >= t) + np.mean(vs[vy == 0] < t) - 1 == pytest.approx(best_j)
+    for key, thr in (("default", 0.5), ("youden", t)):
+        p = m["operating_points"][key]
+        assert p["threshold"] == thr
+        (tn, fp), (fn, tp) = confusion_matrix(y, (s >= thr).astype(int), labels=[0, 1])
+        assert p["confusion_matrix"]["matrix"] == [[tn, fp], [fn, tp]]
+        assert p["sensitivity"]["value"] == pytest.approx(tp / (tp + fn))
+        assert p["specificity"]["value"] == pytest.approx(tn / (tn + fp))
+        assert p["accuracy"]["value"] == pytest.approx((tp + tn) / n)
+        for name in ("accuracy", "sensitivity", "specificity"):
+            assert p[name]["ci_low"] <= p[name]["value"] <= p[name]["ci_high"]
+
+
+def test_calibration_against_naive_binning():
+    recs = _binary_records(200, 5)
+    y = np.array([r["label"] for r in recs])
+    s = np.array([r["probability"] for r in recs])
+    cal = stats.calibration_bins(s, y, 10)
+    ece = 0.0
+    for b in range(10):
+        lo, hi = b / 10, (b + 1) / 10
+        sel = (s >= lo) & ((s < hi) if b < 9 else (s <= hi))
+        if sel.any():
+            ece += sel.sum() / s.size * abs(y[sel].mean() - s[sel].mean())
+    assert cal["ece"] == pytest.approx(ece)
+    assert cal["brier"] == pytest.approx(np.mean((s - y) ** 2))
+
+
+def test_metrics_json_byte_identical_and_order_free(tmp_path):
+    recs = _binary_records(80, 7)
+    val = _binary_records(30, 8, prefix="v")
+    shuffled = [recs[i] for i in np.random.default_rng(0).permutation(len(recs))]
+    write_report(tmp_path / "a", "classification", recs, {"run": {"name": "a"}}, validation_records=val)
+    write_report(tmp_path / "b", "classification", shuffled, {"run": {"name": "b"}}, validation_records=val[::-1])
+    a, b = (tmp_path / "a" / "metrics.json").read_bytes(), (tmp_path / "b" / "metrics.json").read_bytes()
+    assert a == b
+    assert (tmp_path / "a" / "per_case.csv").read_bytes() == (tmp_path / "b" / "per_case.csv").read_bytes()
+    write_report(tmp_path / "c", "classification", recs, {}, validation_records=val, seed=1)
+    assert (tmp_path / "c" / "metrics.json").read_bytes() != a  # the seed drives the bootstrap
+    body = json.loads(a)
+    assert "NaN" not in a.decode() and "time" not in a.decode()
+    assert list(body) == sorted(body)
+
+
+# ----------------------------------------------------------------------------------------------- segmentation
+K = 4  # background + 3 classes
+
+
+class _Rounder(torch.nn.Module):
+    """Logits whose argmax is the class nearest to ``image * (K - 1)``: a noisy segmenter."""
+
+    def forward(self, x):
+        c = torch.arange(K, dtype=x.dtype, device=x.device).view(1, K, *([1] * (x.ndim - 2)))
+        return -((x * (K - 1) - c) ** 2)
+
+
+def _seg_data(n: int, shape: tuple[int, ...], seed: int) -> list[dict]:
+    from monai.data import MetaTensor
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        lab = np.zeros(shape, np.int64)
+        for k in range(1, K):
+            if rng.random() < 0.8:  # some classes absent: NaN Dice / HD95 as in MONAI
+                c = [int(rng.integers(1, max(2, s - 5))) for s in shape]
+                lab[tuple(slice(ci, ci + int(rng.integers(3, 6))) for ci in c)] = k
+        img = lab / (K - 1) + rng.normal(0, 0.09, shape)
+        aff = torch.tensor(np.diag([0.8, 0.8, 2.5, 1.0]) if len(shape) == 3 else np.diag([0.5, 0.5, 1.0]))
+        meta = {"filename_or_obj": f"/data/case{i:02d}.nii.gz"}
+        out.append({"image": MetaTensor(torch.tensor(img[None], dtype=torch.float32), affine=aff, meta=meta),
+                    "label": MetaTensor(torch.tensor(lab[None]), affine=aff, meta=dict(meta))})
+    return out
+
+
+def _seg_evaluate(tmp: Path, shape: tuple[int, ...], apf: dict | None, **kw):
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import AsDiscreted, Compose
+
+    data = _seg_data(5, shape, 0)
+    report = EvaluationReport(tmp, task="segmentation", class_names=["background", "a", "b", "c"], apf=apf,
+                              n_bootstrap=200, config={"test": True}, name="synthetic_seg", **kw)
+    post = Compose([AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[K, K])])
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(data), batch_size=2),
+                                    network=_Rounder(), postprocessing=post, val_handlers=[report])
+    evaluator.run()
+    return report, data
+
+
+@pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class")
+@pytest.mark.parametrize("shape,apf", [((14, 14, 5), None), ((32, 32), {"patch_size": 4, "num_tokens": 16, "mode": "fixed"})])
+def test_segmentation_dice_and_hd95_match_monai(tmp_path, shape, apf):
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+    from monai.networks.utils import one_hot
+
+    report, data = _seg_evaluate(tmp_path, shape, apf, hd95_spacing="affine")
+    recs, names = read_cases_csv(tmp_path / "per_case.csv", "segmentation")
+    assert names == ["a", "b", "c"] and [r["case_id"] for r in recs] == [f"case{i:02d}" for i in range(5)]
+    net = _Rounder()
+    dice_ref = DiceMetric(include_background=False, reduction="mean")
+    batch_ref = DiceMetric(include_background=False, reduction="mean_batch")
+    spacing = [0.8, 0.8, 2.5] if len(shape) == 3 else [0.5, 0.5]
+    for rec, item in zip(recs, data):
+        pred = torch.argmax(net(item["image"].as_tensor()[None]), dim=1)[0].numpy()
+        lab = item["label"].as_tensor()[0].numpy()
+        for c in range(1, K):  # naive Dice; NaN when the ground truth lacks the class (MONAI's ignore_empty)
+            a, b = pred == c, lab == c
+            naive = np.nan if not b.any() else 2 * np.sum(a & b) / (a.sum() + b.sum())
+            np.testing.assert_allclose(rec["dice"][c - 1], naive, atol=1e-6, equal_nan=True)
+        p1 = one_hot(torch.tensor(pred)[None, None], K)
+        y1 = one_hot(torch.tensor(lab)[None, None], K)
+        dice_ref(p1, y1)
+        batch_ref(p1, y1)
+        hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(p1, y1, spacing=spacing)
+        np.testing.assert_allclose(rec["hd95"], hd[0].numpy(), atol=1e-5, equal_nan=True)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["dice"]["mean"]["value"] == pytest.approx(float(dice_ref.aggregate()), abs=1e-6)
+    per_class = batch_ref.aggregate().numpy()
+    for c, name in enumerate(["a", "b", "c"]):
+        d = m["dice"]["per_class"][name]
+        assert d["value"] == pytest.approx(float(per_class[c]), abs=1e-6)
+        assert d["ci_low"] <= d["value"] <= d["ci_high"]
+    assert m["hd95"]["unit"] == "mm"
+    assert (tmp_path / "dice_boxplot.png").is_file()
+    assert len(list(tmp_path.glob("overlay_*.png"))) == 4
+    n_images = shape[-1] if len(shape) == 3 else 1
+    assert m["n_images"] == 5 * n_images
+    if apf is not None:
+        from monai_ext.transforms import plan_quadtree
+
+        leaves = [plan_quadtree(item["image"].numpy(), **apf)["num_leaves"] for item in data]
+        assert m["apf"]["mean_leaves_per_image"] == pytest.approx(np.mean(leaves))
+        assert m["apf"]["num_tokens"] == 16
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["config"]["sha256"] == hashlib.sha256(b'{"test":true}').hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- HTML in Chromium
+def _chromium(args: list[str], tmp: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+_CHECK_SCRIPT = ('<script>window.addEventListener("load",function(){var i=Array.prototype.slice.call(document.images);'
+                 'var d=document.createElement("div");d.id="img-check";d.setAttribute("data-total",i.length);'
+                 'd.setAttribute("data-loaded",i.filter(function(x){return x.complete&&x.naturalWidth>0}).length);'
+                 'document.body.appendChild(d);});</script></body>')
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install -y chromium); CI installs it")
+def test_html_report_renders_with_figures_in_chromium(tmp_path):
+    from PIL import Image
+
+    cls_dir, seg_dir = tmp_path / "cls", tmp_path / "seg"
+    write_report(cls_dir, "classification", _binary_records(60, 3), {"run": {"name": "synthetic"}},
+                 validation_records=_binary_records(30, 4, prefix="v"), n_bootstrap=200)
+    _seg_evaluate(seg_dir, (32, 32), {"patch_size": 4, "num_tokens": 16, "mode": "fixed"})
+    for folder, n_fig in ((cls_dir, 2), (seg_dir, 5)):
+        html = (folder / "report.html").read_text()
+        assert html.count('src="data:image/png;base64,') == n_fig and "src=\"http" not in html  # self-contained
+        probe = tmp_path / f"{folder.name}_probe.html"
+        probe.write_text(html.replace("</body>", _CHECK_SCRIPT))
+        dom = _chromium(["--dump-dom", probe.as_uri()], tmp_path / f"{folder.name}_profile1")
+        m = re.search(r'id="img-check" data-total="(\d+)" data-loaded="(\d+)"', dom.stdout)
+        assert m, f"no image check in the DOM (rc {dom.returncode}): {dom.stderr[-2000:]}"
+        assert int(m.group(1)) == n_fig and int(m.group(2)) == n_fig, m.group(0)
+        shot = tmp_path / f"{folder.name}.png"
+        _chromium([f"--screenshot={shot}", "--window-size=1200,2000", (folder / "report.html").as_uri()],
+                  tmp_path / f"{folder.name}_profile2")
+        assert shot.is_file(), "Chromium wrote no screenshot"
+        px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        assert px.shape[:2] == (2000, 1200)
+        # text and tables are grey; only the figures (curves, histograms, overlays) have saturated colours
+        colourful = (px.max(-1) - px.min(-1)) > 80
+        assert colourful.sum() > 1000, "the figures did not render in the screenshot"
+        assert (px.sum(-1) < 600).mean() > 0.02  # not a blank page
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def test_cli_build_and_compare(tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from monai_ext.cli import main
+
+    test_csv, val_csv = tmp_path / "test.csv", tmp_path / "val.csv"
+    for path, recs in ((test_csv, _binary_records(50, 11)), (val_csv, _binary_records(30, 12, prefix="v"))):
+        path.write_text("case_id,label,probability\n" + "".join(
+            f"{r['case_id']},{r['label']},{r['probability']:.6f}\n" for r in recs))
+    out = tmp_path / "built"
+    assert main(["report", "build", "--task", "classification", "--cases", str(test_csv), "--validation-cases",
+                 str(val_csv), "--out", str(out), "--n-bootstrap", "200"]) == 0
+    recs, _ = read_cases_csv(test_csv, "classification")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["auroc"]["value"] == pytest.approx(roc_auc_score([r["label"] for r in recs],
+                                                              [r["probability"] for r in recs]), abs=1e-6)
+    # a Table-2-like comparison: the attention type read from provenance.json
+    folders = []
+    for att, seed in (("softmax", 1), ("sima", 2), ("softmax_free", 3)):
+        d = tmp_path / f"eval_{att}"
+        write_report(d, "classification", _binary_records(40, seed), n_bootstrap=100,
+                     provenance={"run": {"name": "vindr", "variant": {"attention": att, "image_size": 224}},
+                                 "timing": {"seconds_per_case": 0.01}})
+        folders.append(d)
+    seg = []
+    for mode, tokens in (("fixed", 100), ("uniform", 256)):
+        d = tmp_path / f"seg_{mode}"
+        recs = [{"case_id": f"s{i}", "dice": [0.5 + 0.1 * i, 0.7], "hd95": [3.0, 4.0], "num_images": 2,
+                 "num_leaves": tokens - 10} for i in range(3)]
+        write_report(d, "segmentation", recs, class_names=["liver", "tumour"], n_bootstrap=100,
+                     apf={"mode": mode, "num_tokens": tokens, "patch_size": 4},
+                     provenance={"run": {"name": "btcv", "variant": {"attention": "softmax_free"}},
+                                 "timing": {"seconds_per_image": 0.05, "seconds_per_case": 0.1}})
+        seg.append(d)
+    table_md = tmp_path / "table.md"
+    assert main(["report", "compare", *map(str, folders + seg), "--out", str(table_md)]) == 0
+    text = table_md.read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| Dataset | ViT"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Dataset", "ViT (softmax)", "SimA", "softmax-free (ours)"]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| vindr (224 px)"))
+    for d in folders:
+        a = json.loads((d / "metrics.json").read_text())["auroc"]
+        assert f"{a['value']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})" in row
+    assert re.search(r"\| btcv \| APF-UNETR \| softmax_free \| 4 \| 100 \| 90\.0 \| 0\.0500 \|", text)
+    assert re.search(r"\| btcv \| UNETR \(uniform patches\) \| softmax_free \| 4 \| 256 \| 246\.0 \|", text)
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        compare_table([tmp_path])
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def test_bad_input_errors(tmp_path):
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+
+    from monai_ext.networks import ViT
+
+    kw = dict(in_channels=1, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2, spatial_dims=2,
+              classification=True, num_classes=2)
+    net64 = ViT(img_size=(64, 64), **kw)
+    ckpt = tmp_path / "model.pt"
+    torch.save(ViT(img_size=(32, 32), **kw).state_dict(), ckpt)
+    with pytest.raises(CheckpointMismatchError, match=r"model\.pt does not match the network ViT: .*shape mismatch"):
+        check_checkpoint(ckpt, net64)
+    torch.save({"model": ViT(img_size=(64, 64), **{**kw, "num_layers": 2}).state_dict()}, ckpt)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected key\(s\): blocks\.1\."):
+        check_checkpoint(ckpt, net64)
+    torch.save({"model": net64.state_dict()}, ckpt)
+    check_checkpoint(ckpt, torch.nn.parallel.DataParallel(net64))  # fits (wrapped networks are unwrapped)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt not found"):
+        check_checkpoint(tmp_path / "nowhere.pt", net64)
+
+    empty = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset([]), batch_size=1), network=net64)
+    with pytest.raises(ValueError, match=r"evaluation split is empty \(dl\.json, split 'test'\)"):
+        EvaluationReport(tmp_path / "out", datalist_path="dl.json").attach(empty)
+
+    data = [{"image": torch.rand(1, 64, 64), "label": 1}, {"image": torch.rand(1, 64, 64), "label": 0}]
+    logits = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(data), batch_size=2), network=net64,
+                                 val_handlers=[EvaluationReport(tmp_path / "out")])
+    with pytest.raises(ValueError, match="does not hold class probabilities"):
+        logits.run()  # no softmax in the postprocessing
+    with pytest.raises(ValueError, match="validation_data needs the evaluator's postprocessing"):
+        EvaluationReport(tmp_path, validation_data=data)
+
+
+# ----------------------------------------------------------------------------------------------- a real bundle
+def _bundle_cmd(configs: list[str], **overrides) -> list[str]:
+    files = [str(VINDR / "configs" / c) for c in configs]
+    cmd = ["-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'"),
+           "--meta_file", str(VINDR / "configs" / "metadata.json"),
+           "--logging_file", str(VINDR / "configs" / "logging.conf")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def _run(cmd: list[str], check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=VINDR)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def vindr_eval(tmp_path_factory):
+    """Tiny VinDr-CXR data (64 px) and an (untrained) checkpoint of the bundle's network."""
+    from monai.bundle import ConfigParser
+
+    from monai_ext.data import vindr_cxr
+
+    root = tmp_path_factory.mktemp("vindr_report")
+    vindr_cxr.synthesize(root / "raw", cases=40, seed=0)
+    vindr_cxr.prepare(root / "raw", root / "prepared", resolutions=[64])
+    body = json.loads((root / "prepared" / "datalist_64.json").read_text())
+    assert {e["label"] for e in body["test"]} == {0, 1} and {e["label"] for e in body["validation"]} == {0, 1}
+    parser = ConfigParser()
+    parser.read_config(str(VINDR / "configs" / "train.yaml"))
+    parser["image_size"] = 64
+    torch.manual_seed(0)
+    (root / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    io = dict(image_size=64, dataset_dir=root / "prepared", ckpt_dir=root / "models", log_dir=root / "logs",
+              num_workers=0)
+    return root, io
+
+
+def test_bundle_evaluation_twice_byte_identical_and_ddp(vindr_eval):
+    from sklearn.metrics import roc_auc_score
+
+    root, io = vindr_eval
+    for name, bs in (("eval_a", 4), ("eval_b", 3)):
+        _run([sys.executable, *_bundle_cmd(["train.yaml", "evaluate.yaml"], output_dir=root / name, batch_size=bs,
+                                           report_bootstrap=300, **io)])
+    a, b = root / "eval_a", root / "eval_b"
+    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
+    for f in ("per_case.csv", "validation_per_case.csv", "roc.png", "reliability.png", "report.md", "report.html",
+              "provenance.json", "config.json", "metrics.csv", "predictions.csv"):
+        assert (a / f).is_file(), f  # the report's files and MetricsSaver / ClassificationSaver's, as before
+    m = json.loads((a / "metrics.json").read_text())
+    recs, _ = read_cases_csv(a / "per_case.csv", "classification")
+    n_test = len(json.loads((io["dataset_dir"] / "datalist_64.json").read_text())["test"])
+    assert m["n_cases"] == len(recs) == n_test
+    assert m["auroc"]["value"] == pytest.approx(roc_auc_score([r["label"] for r in recs], [r["probability"] for r in recs]),
+                                                abs=1e-5)
+    monai_auroc = float((a / "metrics.csv").read_text().split(",")[1])  # MONAI's ROCAUC handler
+    assert m["auroc"]["value"] == pytest.approx(monai_auroc, abs=1e-5)
+    assert m["auroc"]["ci_low"] <= m["auroc"]["value"] <= m["auroc"]["ci_high"]
+    assert m["threshold_selection"]["method"] == "youden" and m["threshold_selection"]["split"] == "validation"
+    prov = json.loads((a / "provenance.json").read_text())
+    model = io["ckpt_dir"] / "model.pt"
+    assert prov["files"]["checkpoint"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert prov["run"]["variant"] == {"attention": "softmax_free", "image_size": 64, "preset": "cpu"}
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg["image_size"] == 64 and "validate" in cfg  # the resolved config: overrides applied
+    assert prov["config"]["sha256"] == hashlib.sha256(
+        json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert prov["git"].get("commit") or prov["git"].get("note")
+
+    # DDP: two CPU processes, each evaluates half of the test and validation splits; rank 0 writes the same file
+    ddp = root / "eval_ddp"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+          *_bundle_cmd(["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], output_dir=ddp, batch_size=2,
+                       report_bootstrap=300, **io)])
+    assert (ddp / "metrics.json").read_bytes() == (a / "metrics.json").read_bytes()
+    assert json.loads((ddp / "provenance.json").read_text())["world_size"] == 2
+
+
+def test_bundle_wrong_checkpoint_and_empty_split(vindr_eval, tmp_path):
+    root, io = vindr_eval
+    proc = _run([sys.executable, *_bundle_cmd(["train.yaml", "evaluate.yaml"], output_dir=tmp_path / "out",
+                                              **{**io, "network_def#num_layers": 2})], check=False)
+    assert proc.returncode != 0
+    assert f"checkpoint {io['ckpt_dir'] / 'model.pt'} does not match the network ViT" in proc.stderr
+    assert "unexpected key(s): blocks.2." in proc.stderr and not (tmp_path / "out" / "metrics.json").exists()
+
+    body = json.loads((io["dataset_dir"] / "datalist_64.json").read_text())
+    for split in ("training", "validation"):
+        for e in body[split]:
+            e["image"] = str(io["dataset_dir"] / e["image"])
+    body["test"] = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "datalist_64.json").write_text(json.dumps(body))
+    proc = _run([sys.executable, *_bundle_cmd(["train.yaml", "evaluate.yaml"], output_dir=tmp_path / "out2",
+                                              **{**io, "dataset_dir": empty})], check=False)
+    assert proc.returncode != 0 and "split 'test' is empty" in proc.stderr
