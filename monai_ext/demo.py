@@ -70,7 +70,9 @@ def train_demo(attention: str = "softmax_free", steps: int = 150, batch_size: in
 
 #: bundle -> (dataset name, synthetic cases, prepare options, train overrides) of the demo
 DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
-    "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 400, {"resolutions": [224]}, {}),
+    # CPU-sized: 64 px at patch 8 (64 tokens); the bundle's own default is 224 px at patch 16
+    "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 1200, {"resolutions": [64]},
+                                              {"image_size": 64, "patch_size": 8, "epochs": 15}),
     "duke_breast_mri_classification": ("duke", 60, {}, {}),
     "apf_unetr_btcv_segmentation": ("btcv", 12, {}, {}),
     "apf_unetr_paip_segmentation": ("paip", 12, {}, {}),
@@ -104,10 +106,9 @@ def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0) -> di
     module.prepare(raw, prepared, **prep_opts)
     cfg = root / "configs"
     common = ["--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf")]
+    overrides = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
     for k, v in overrides.items():
         common += [f"--{k}", json.dumps(v)]
-    if epochs is not None:
-        common += ["--epochs", str(epochs)]
     logger.info("[3/4] training: python -m monai.bundle run training --config_file configs/train.yaml")
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                     str(cfg / "train.yaml"), *common], cwd=root, check=True)

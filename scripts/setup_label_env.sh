@@ -20,21 +20,25 @@ $PIP install -q torch==2.14.1 torchvision==0.29.1
 $PIP install -q monailabel==0.8.5 monai==1.5.2 pydicom==2.4.4 "dicomweb-client[gcp]==0.59.1" pynetdicom==2.0.2
 # monai_ext itself, without letting pip touch the pinned stack ...
 $PIP install -q -e . --no-deps
-# ... plus the runtime dependencies of monai_ext that MONAI Label does not bring; pinned so
-# that none of them upgrades numpy past 1.26 (checked below).
+# ... plus those runtime dependencies of monai_ext (pyproject.toml) that are not installed at all; ones
+# MONAI Label already brings are left as they are (e.g. its jsonschema 3.2), and numpy stays pinned.
 missing=$("$VENV/bin/python" - <<'PY'
-import importlib.util
-need = {"einops": "einops>=0.6", "tifffile": "tifffile>=2023.1.1", "imagecodecs": "imagecodecs>=2023.1.23",
-        "pytorch-ignite": "pytorch-ignite>=0.4.11", "itk": "itk>=5.3", "jsonschema": "jsonschema>=4.0",
-        "fire": "fire>=0.5", "yaml": "pyyaml>=6.0", "nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.21",
-        "SimpleITK": "SimpleITK>=2.2", "tqdm": "tqdm>=4.64"}
-mods = {"pytorch-ignite": "ignite"}
-print(" ".join(spec for m, spec in need.items() if importlib.util.find_spec(mods.get(m, m)) is None))
+import re, tomllib
+from importlib.metadata import PackageNotFoundError, version
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+out = []
+for spec in deps:
+    name = re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]
+    try:
+        version(name)
+    except PackageNotFoundError:
+        out.append(spec)
+print(" ".join(f"'{s}'" for s in out))
 PY
 )
 if [ -n "$missing" ]; then
-    # shellcheck disable=SC2086
-    $PIP install -q $missing "numpy==$("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
+    echo "installing monai_ext dependencies missing from $VENV: $missing"
+    eval "$PIP install -q $missing numpy==$("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
 fi
 versions=$("$VENV/bin/python" -c 'import numpy, torch, monai, monailabel; print(f"numpy {numpy.__version__} torch {torch.__version__} monai {monai.__version__} monailabel {monailabel.__version__}")')
 case "$versions" in

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 
+from monai_ext.bench.apf import dice_score
 from monai_ext.bench.attention import extrapolate, plain_attention_bytes
 from monai_ext.bench.report import read_section, update_section
 from monai_ext.cli import main
@@ -57,3 +59,12 @@ def test_quick_attention_bench_writes_report(tmp_path):
     core = list(csv.DictReader((tmp_path / "docs" / "benchmarks" / "attention_core.csv").open()))
     assert core and all(float(r["core_gflops"]) > 0 for r in core if r["status"] == "ok")
     assert (tmp_path / "docs" / "benchmarks" / "attention_train_time.png").stat().st_size > 1000
+
+
+def test_dice_score():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    assert dice_score(a, b) == 1.0  # both empty
+    a[:2] = True  # 8 pixels
+    b[1:3] = True  # 8 pixels, 4 shared
+    assert dice_score(a, b) == pytest.approx(2 * 4 / 16)

@@ -291,6 +291,28 @@ def test_dicom_readers_on_real_ct(tmp_path):
         np.testing.assert_allclose(np.abs(np.diag(img.affine.numpy())[:2]), [float(v) for v in ds.PixelSpacing], rtol=1e-5)
 
 
+def test_slice_order_and_gaps(tmp_path):
+    """Instance numbers that do not follow the position (read via ITK) give the same volume;
+    a missing slice is an error, not a volume with a wrong spacing."""
+    vol = (np.arange(6)[:, None, None] * 100 + np.arange(8)[None, None, :] + np.zeros((6, 5, 8))).astype(np.uint16)
+    _write_series(tmp_path / "ok", vol, "ax dyn pre", 1)
+    _write_series(tmp_path / "shuffled", vol, "ax dyn pre", 1)
+    import pydicom
+
+    files = sorted((tmp_path / "shuffled").glob("*.dcm"))
+    for f, number in zip(files, [3, 1, 6, 2, 5, 4]):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = number
+        ds.save_as(f)
+    ref, got = read_series(tmp_path / "ok"), read_series(tmp_path / "shuffled")
+    np.testing.assert_allclose(got.numpy(), ref.numpy())
+    np.testing.assert_allclose(got.affine.numpy(), ref.affine.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ref[0, 0, :].numpy(), np.arange(6) * 200)  # z follows position; slope 2
+    (tmp_path / "ok" / "1-004.dcm").unlink()
+    with pytest.raises(DataError, match="not evenly spaced"):
+        read_series(tmp_path / "ok")
+
+
 def test_truncated_file_named(tmp_path):
     vol = np.full((5, 8, 8), 10, np.uint16)
     _write_series(tmp_path / "s", vol, "ax dyn pre", 1)

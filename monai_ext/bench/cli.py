@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds one call may take before it is recorded as timed out (240; quick 60)")
     p.add_argument("--config-budget", type=float, default=None,
                    help="seconds of timed repeats per configuration before fewer repeats are used (60; quick 15)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker (torch default)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads per worker (torch's default; quick: 1, which keeps a smoke test fast on a "
+                        "busy machine where multi-threaded small ops stall on each other)")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM/bandwidth measurement (reported as 0)")
     g = p.add_argument_group("attention / 3d")
     g.add_argument("--sizes", type=_positive_int, nargs="+", default=None,
@@ -74,10 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="3D volume sizes, e.g. 256x256x32 512x512x64 (quick 128x128x16)")
     g = p.add_argument_group("apf")
     g.add_argument("--apf-sizes", type=_positive_int, nargs="+", default=None,
-                   help="image sizes of the APF timing pass (512 1024 2048; quick 256 512)")
+                   help="image sizes of the APF timing pass (512 1024 2048; quick 256)")
     g.add_argument("--apf-dice-sizes", type=_positive_int, nargs="+", default=None,
-                   help="image sizes with a short training run for Dice (512 1024; quick 256)")
-    g.add_argument("--apf-patches", type=_positive_int, nargs="+", default=None, help="APF min patch sizes (2 4 8)")
+                   help="image sizes with a short training run for Dice (512; quick 256)")
+    g.add_argument("--apf-patches", type=_positive_int, nargs="+", default=None,
+                   help="APF min patch sizes (2 4 8; quick 8)")
     g.add_argument("--apf-tokens", type=_positive_int, default=None, help="APF sequence length L, a square (1024)")
     g.add_argument("--apf-attention", default="softmax_free", help="attention of both UNETRs (softmax_free)")
     g.add_argument("--apf-steps", type=_positive_int, default=None, help="training steps per Dice run (120; quick 4)")
@@ -96,6 +99,10 @@ def _pick(value: Any, full: Any, quick: Any, is_quick: bool) -> Any:
     return quick if is_quick else full
 
 
+def _threads(args: argparse.Namespace):
+    return args.threads if args.threads is not None else (1 if args.quick else None)
+
+
 def attention_settings(args: argparse.Namespace, volumes: bool = False):
     from .attention import VARIANTS, AttentionBenchSettings
 
@@ -108,7 +115,7 @@ def attention_settings(args: argparse.Namespace, volumes: bool = False):
         step_timeout=_pick(args.step_timeout, 240.0, 60.0, q),
         config_budget=_pick(args.config_budget, 60.0, 15.0, q),
         core_budget=_pick(args.config_budget, 20.0, 5.0, q),
-        core=not args.no_core, profile=not args.no_profile, threads=args.threads,
+        core=not args.no_core, profile=not args.no_profile, threads=_threads(args),
     )
     if volumes:
         s.volumes = tuple(_pick(args.volumes, ((256, 256, 32), (512, 512, 64)), ((128, 128, 16),), q))
@@ -124,9 +131,9 @@ def apf_settings(args: argparse.Namespace):
     q = args.quick
     images = _pick(args.apf_images, (6, 3), (2, 1), q)
     return APFBenchSettings(
-        sizes=tuple(_pick(args.apf_sizes, (512, 1024, 2048), (256, 512), q)),
-        dice_sizes=tuple(_pick(args.apf_dice_sizes, (512, 1024), (256,), q)),
-        patches=tuple(_pick(args.apf_patches, (2, 4, 8), (4, 8), q)),
+        sizes=tuple(_pick(args.apf_sizes, (512, 1024, 2048), (256,), q)),
+        dice_sizes=tuple(_pick(args.apf_dice_sizes, (512,), (256,), q)),
+        patches=tuple(_pick(args.apf_patches, (2, 4, 8), (8,), q)),
         tokens=_pick(args.apf_tokens, 1024, 256, q),
         attention=args.apf_attention,
         steps=_pick(args.apf_steps, 120, 4, q),
@@ -136,7 +143,7 @@ def apf_settings(args: argparse.Namespace):
         repeats=_pick(args.repeats, 3, 1, q),
         step_timeout=_pick(args.step_timeout, 240.0, 60.0, q),
         config_budget=_pick(args.config_budget, 60.0, 15.0, q),
-        threads=args.threads,
+        threads=_threads(args),
     )
 
 

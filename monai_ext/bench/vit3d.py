@@ -26,7 +26,7 @@ from .attention import (
     shape_name,
 )
 from .machine import MachineInfo
-from .report import artifact_dir, update_section, write_csv
+from .report import artifact_dir, fmt_num, update_section, write_csv
 
 __all__ = ["run_3d_bench"]
 
@@ -48,11 +48,11 @@ def _summary(rows: list[dict[str, Any]]) -> list[str]:
                 continue
             if r["status"] == "ok" and not math.isnan(r["train_s"]):
                 mem = r["train_peak_mib"] / sf["train_peak_mib"] if sf["train_peak_mib"] else math.nan
-                parts.append(f"{name} takes {r["train_s"] / sf["train_s"]:.2f}x the time and {mem:.2f}x the memory")
+                parts.append(f"{name} takes {r['train_s'] / sf['train_s']:.2f}x the time and {mem:.2f}x the memory")
             else:
                 parts.append(f"{name}: {r['note'] or r['status']}")
-        lines.append(f"- {sf['image']} ({n} tokens): softmax_free training step {sf['train_s']:.2f} s, "
-                     f"{sf['train_peak_mib']:.0f} MiB; " + "; ".join(parts) + ".")
+        lines.append(f"- {sf['image']} ({n} tokens): softmax_free training step {fmt_num(sf['train_s'])} s, "
+                     f"peak {fmt_num(sf['train_peak_mib'])} MiB; " + "; ".join(parts) + ".")
     return lines
 
 

@@ -4,9 +4,11 @@ Reading:
 
 - :func:`scan_series`: find the DICOM series below a folder (one header per series folder, the
   TCIA ``<patient>/<study>/<series>/1-NNN.dcm`` layout) with the fields needed to choose one.
-- :func:`read_series`: a series as a ``MetaTensor`` through MONAI's own readers (``ITKReader``,
-  which sorts slices by position and applies rescale slope/intercept, or ``PydicomReader``),
-  checked to contain every file of the folder; a failure is traced to the file that caused it.
+- :func:`read_series`: a series as a ``MetaTensor`` through MONAI's own readers
+  (``PydicomReader``, or ``ITKReader``, which sorts slices by position; both apply rescale
+  slope/intercept), checked to contain every file of the folder at evenly spaced positions
+  (``PydicomReader`` stacks by InstanceNumber, so a series whose numbering does not follow the
+  position is read with ITK); a failure is traced to the file that caused it.
 - :func:`read_radiograph`: one projection radiograph as a display image in ``[0, 1]`` (modality
   LUT, then VOI LUT, then ``MONOCHROME1`` inverted, so dense structures such as bone are bright).
 
@@ -190,7 +192,49 @@ def diagnose_files(files: Iterable[Path]) -> None:
         _check_pixels(Path(f))
 
 
-def read_series(series: SeriesInfo | Path, reader: str = "itk") -> Any:
+def _instance_order_is_spatial(files: Sequence[Path], folder: Path) -> bool:
+    """True when sorting ``files`` by InstanceNumber orders them monotonically along the slice
+    normal. Raises :class:`DataError` for unevenly spaced slices (missing or duplicated ones),
+    which both readers would turn into a volume with a wrong geometry."""
+    rows = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True,
+                                 specific_tags=["InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient"])
+        except Exception as e:
+            raise DataError(f, f"unreadable DICOM header, file truncated or damaged ({type(e).__name__}: {e})") from e
+        try:
+            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+            ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        except (AttributeError, TypeError, ValueError):
+            return True  # no geometry: nothing to compare against
+        rows.append((int(ds.get("InstanceNumber") or 0), float(ipp @ np.cross(iop[:3], iop[3:]))))
+    pos = np.asarray([p for _, p in sorted(rows, key=lambda r: r[0])])
+    gaps = np.diff(np.sort(pos))
+    if gaps.size and (gaps.min() <= 1e-3 or gaps.max() > 1.1 * np.median(gaps)):
+        raise DataError(folder, f"slice positions are not evenly spaced (steps {gaps.min():.3g}..{gaps.max():.3g} mm): "
+                        "duplicated or missing slices")
+    steps = np.diff(pos)
+    return bool(np.all(steps > 0) or np.all(steps < 0))
+
+
+_LOADERS: dict[str, Any] = {}
+
+
+def _loader(reader: str) -> Any:
+    """One ``LoadImage`` per reader kind and process (reader start-up is not free)."""
+    if reader not in _LOADERS:
+        from monai.data import ITKReader, PydicomReader
+        from monai.transforms import LoadImage
+
+        readers = {"itk": ITKReader, "pydicom": PydicomReader}
+        if reader not in readers:
+            raise ValueError(f"unknown DICOM reader {reader!r}; use 'itk' or 'pydicom'")
+        _LOADERS[reader] = LoadImage(reader=readers[reader](), image_only=True)
+    return _LOADERS[reader]
+
+
+def read_series(series: SeriesInfo | Path, reader: str = "pydicom") -> Any:
     """Read one DICOM series folder as a 3D ``MetaTensor`` (no channel axis, RAS affine).
 
     Args:
@@ -201,20 +245,15 @@ def read_series(series: SeriesInfo | Path, reader: str = "itk") -> Any:
         DataError: naming the damaged file when one file cannot be read, or the folder when the
             series as a whole is inconsistent (e.g. fewer slices read than files present).
     """
-    from monai.data import ITKReader, PydicomReader
-    from monai.transforms import LoadImage
-
     folder = series.path if isinstance(series, SeriesInfo) else Path(series)
     files = series.files if isinstance(series, SeriesInfo) else list_dicom_files(folder)
     if not files:
         raise DataError(folder, "no DICOM files in series folder")
-    if reader == "itk":
-        image_reader = ITKReader()
-    elif reader == "pydicom":
-        image_reader = PydicomReader()
-    else:
-        raise ValueError(f"unknown DICOM reader {reader!r}; use 'itk' or 'pydicom'")
-    loader = LoadImage(reader=image_reader, image_only=True)
+    if len(files) > 1 and not _instance_order_is_spatial(files, folder) and reader == "pydicom":
+        # MONAI's PydicomReader stacks slices by InstanceNumber; ITK sorts them by position
+        logger.info("%s: InstanceNumber does not follow slice position; reading with ITK", folder)
+        reader = "itk"
+    loader = _loader(reader)
     try:
         img = loader(str(folder))
     except Exception as e:

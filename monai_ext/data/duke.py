@@ -216,17 +216,19 @@ def read_clinical(path: Path, header_rows: int = 3) -> dict[str, dict[str, str]]
         cols[key] = hits[0]
     out: dict[str, dict[str, str]] = {}
     for _, row in table.iloc[header_rows:].iterrows():
-        pid = row.iloc[cols["pid"]]
-        if pid is None or (isinstance(pid, float) and np.isnan(pid)) or not str(pid).strip():
-            continue
-        def _s(v: Any) -> str:
-            if v is None or (isinstance(v, float) and np.isnan(v)):
-                return ""
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            return str(v).strip()
-        out[str(pid).strip()] = {"location": _s(row.iloc[cols["location"]]), "bilateral": _s(row.iloc[cols["bilateral"]])}
+        pid = _cell_text(row.iloc[cols["pid"]])
+        if pid:
+            out[pid] = {"location": _cell_text(row.iloc[cols["location"]]), "bilateral": _cell_text(row.iloc[cols["bilateral"]])}
     return out
+
+
+def _cell_text(v: Any) -> str:
+    """A spreadsheet cell as text: empty for blanks, ``1`` for ``1.0``."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
 
 
 def side_labels(location: str, bilateral: str) -> dict[str, int]:
@@ -436,7 +438,6 @@ def prepare(
         "size": [int(s) for s in size],
         "out_size": [int(s) for s in (out_size or size)],
         "ap_crop": ap_crop,
-        "reader": reader,
     }
     check_settings(out, settings, overwrite)
     clinical_path = Path(clinical) if clinical else find_clinical_file(raw)
@@ -469,7 +470,7 @@ def prepare(
     if done:
         logger.info("%d patient(s) already prepared in %s (use --overwrite to redo)", len(done), out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    worker = functools.partial(_prepare_patient, settings=settings)
+    worker = functools.partial(_prepare_patient, settings={**settings, "reader": reader})
     for case, result, error in run_cases(worker, todo, workers=workers, desc="DUKE patients"):
         if error is not None:
             skips.add(case["pid"], error)

@@ -26,14 +26,23 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _call(func: Callable[[T], Any], case: T) -> tuple[Any, BaseException | None]:
+def _call(func: Callable[[T], Any], case: T) -> tuple[Any, tuple[str, str, str] | None]:
+    """Run one case; a failure comes back as ``(kind, path, message)``, which pickles between
+    processes (a :class:`DataError` itself does not: its constructor takes two arguments)."""
     try:
         return func(case), None
     except DataError as e:
-        return None, e
+        return None, ("data", e.path, e.problem)
     except Exception as e:  # an unexpected failure of one case must not end a long run
         logger.debug("case failed:\n%s", traceback.format_exc())
-        return None, RuntimeError(f"{type(e).__name__}: {e}")
+        return None, ("other", "", f"{type(e).__name__}: {e}")
+
+
+def _error(failure: tuple[str, str, str] | None) -> BaseException | None:
+    if failure is None:
+        return None
+    kind, path, message = failure
+    return DataError(path, message) if kind == "data" else RuntimeError(message)
 
 
 def run_cases(
@@ -52,17 +61,17 @@ def run_cases(
     try:
         if workers <= 1 or len(cases) <= 1:
             for case in cases:
-                result, error = _call(func, case)
+                result, failure = _call(func, case)
                 bar.update()
-                yield case, result, error
+                yield case, result, _error(failure)
             return
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(_call, func, case): case for case in cases}
             for fut in as_completed(futures):
-                result, error = fut.result()
+                result, failure = fut.result()
                 bar.update()
-                yield futures[fut], result, error
+                yield futures[fut], result, _error(failure)
     finally:
         bar.close()
 

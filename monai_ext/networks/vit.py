@@ -115,6 +115,8 @@ class ViT(nn.Module):
         attention: registered attention name (``softmax_free``, ``softmax``, ``sima``, ...).
         dim_head: per-head dimension (default ``hidden_size // num_heads``).
         attention_kwargs: extra keyword arguments of the attention module (e.g. ``eps``).
+        pooling: what the head sees: the class token (``"cls"``, ViT) or the mean of the real patch
+            tokens (``"mean"``, often better when training from scratch on small data).
 
     Shapes:
         ``x``: ``(B, in_channels, *img_size)``; ``mask``: optional ``(B, N)`` bool over the
@@ -127,9 +129,13 @@ class ViT(nn.Module):
                  hidden_size: int = 768, mlp_dim: int = 3072, num_layers: int = 12, num_heads: int = 12,
                  spatial_dims: int = 3, classification: bool = False, num_classes: int = 2,
                  dropout_rate: float = 0.0, qkv_bias: bool = False, attention: str = "softmax_free",
-                 dim_head: Optional[int] = None, attention_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                 dim_head: Optional[int] = None, attention_kwargs: Optional[Mapping[str, Any]] = None,
+                 pooling: str = "cls") -> None:
         super().__init__()
         check_attention_name(attention)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         self.img_size, self.patch_size = check_patch_grid(img_size, patch_size, spatial_dims)
         if dim_head is None and hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
@@ -200,6 +206,12 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens, _ = self.forward_features(x, mask)
         if self.classification:
+            if self.pooling == "mean":
+                patches = tokens[:, 1:]
+                if mask is None:
+                    return self.classification_head(patches.mean(dim=1))
+                m = mask.to(patches.dtype).unsqueeze(-1)
+                return self.classification_head((patches * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0))
             return self.classification_head(tokens[:, 0])
         return tokens
 

@@ -58,9 +58,10 @@ def ddp_wrap(network: torch.nn.Module, device: torch.device | str) -> torch.nn.M
     return torch.nn.parallel.DistributedDataParallel(network)
 
 
-#: handler classes that only report or save, and so run on rank 0 only
-REPORTING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "MetricsSaver",
-                      "ClassificationSaver", "CheckpointSaver", "MetricLogger")
+#: handler classes that only report or save, and so run on rank 0 only. Not MONAI's MetricsSaver /
+#: ClassificationSaver: they all-gather across ranks at epoch end and write on their ``save_rank``
+#: themselves, so they must stay on every rank (dropping them deadlocks rank 0).
+REPORTING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "CheckpointSaver", "MetricLogger")
 
 
 def rank_zero_handlers(handlers: Sequence[Any] | None) -> list[Any] | None:

@@ -1,0 +1,127 @@
+"""The PAIP APF-UNETR bundle end to end through ``python -m monai.bundle run`` (tiny sizes): train,
+evaluate at full resolution after unpatching, inference (mask PNG of the input's size), bad input found
+before training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_ext.data import paip
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "apf_unetr_paip_segmentation"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+# a small network and 64 APF tokens (patch 8) per 512 x 512 image keep one epoch to seconds
+TINY = {"presets#cpu#hidden_size": 32, "presets#cpu#mlp_dim": 64, "presets#cpu#num_layers": 2,
+        "presets#cpu#num_heads": 2, "presets#cpu#feature_size": 8, "presets#cpu#num_tokens": 64}
+
+
+def bundle_cmd(configs: list[str], run_id: str, **overrides) -> list[str]:
+    files = [str(BUNDLE / "configs" / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(files).replace('"', "'"),
+           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return cmd
+
+
+def run_bundle(configs: list[str], run_id: str = "run", timeout: int = 300, check: bool = True,
+               **overrides) -> subprocess.CompletedProcess:
+    proc = subprocess.run(bundle_cmd(configs, run_id, **overrides), capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=BUNDLE)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("paip_bundle")
+    paip.synthesize(root / "raw", cases=4, seed=0, size=512)
+    paip.prepare(root / "raw", root / "prepared", resolutions=[512], split=(2, 1, 1))
+    body = json.loads((root / "prepared" / "datalist_512.json").read_text())
+    assert [len(body[s]) for s in ("training", "validation", "test")] == [2, 1, 1]
+    return root / "prepared"
+
+
+def _io(tmp: Path, data: Path) -> dict:
+    return dict(dataset_dir=str(data), ckpt_dir=str(tmp / "models"), output_dir=str(tmp / "eval"),
+                log_dir=str(tmp / "logs"), num_workers=0, **TINY)
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_train_evaluate_infer(data, tmp_path):
+    io = _io(tmp_path, data)
+    proc = run_bundle(["train.yaml"], "training", epochs=1, val_interval=1, **io)
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    weights = torch.load(models / "model.pt", map_location="cpu")
+    assert weights.keys() == state["network"].keys()
+    assert weights["unetr.out.conv.conv.weight"].shape[0] == 2
+
+    # evaluation on the test split at 512 x 512 after unpatching
+    run_bundle(["train.yaml", "evaluate.yaml"], **io)
+    metrics = dict(line.split(",", 1) for line in (tmp_path / "eval" / "metrics.csv").read_text().splitlines())
+    assert set(metrics) == {"mean_dice", "mean_iou", "hd95"}
+    dice, iou = float(metrics["mean_dice"]), float(metrics["mean_iou"])
+    assert 0.0 <= iou <= dice <= 1.0
+    assert dice == pytest.approx(2 * iou / (1 + iou), abs=1e-4)  # one image: Dice and IoU of the same masks
+    with open(tmp_path / "eval" / "mean_dice_raw.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test = json.loads((data / "datalist_512.json").read_text())["test"]
+    assert [Path(r["filename"]).name for r in rows] == [Path(e["image"]).name for e in test]
+
+    # inference: the prepared test image and a non-square crop of it; masks keep each input's H x W
+    src = data / test[0]["image"]
+    crop = tmp_path / "crop.png"
+    Image.fromarray(_png(src)[:384, :448]).save(crop)
+    run_bundle(["inference.yaml"], ckpt_dir=io["ckpt_dir"], output_dir=str(tmp_path / "inf"),
+               input_files=[str(src), str(crop)], **TINY)
+    for inp in (src, crop):
+        out = tmp_path / "inf" / f"{inp.stem}_viable.png"
+        assert out.is_file(), sorted(p.name for p in (tmp_path / "inf").iterdir())
+        mask = _png(out)
+        assert mask.shape == _png(inp).shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) <= {0, 1}
+
+
+def test_bad_input_found_before_training(data, tmp_path):
+    io = _io(tmp_path, data)
+    missing = tmp_path / "nowhere"
+    proc = run_bundle(["train.yaml"], "training", check=False, **{**io, "dataset_dir": str(missing)})
+    assert proc.returncode != 0 and f"dataset_dir {missing} does not exist" in proc.stderr
+
+    # a copy of the prepared set with one mask of the wrong size and one with a value outside {0, 1}
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    body = json.loads((bad / "datalist_512.json").read_text())
+    first, second = bad / body["training"][0]["label"], bad / body["training"][1]["label"]
+    Image.fromarray(_png(first)[:500]).save(first)
+    arr = _png(second).copy()
+    arr[0, 0] = 255
+    Image.fromarray(arr).save(second)
+    proc = run_bundle(["train.yaml"], "training", check=False, **{**io, "dataset_dir": str(bad)})
+    assert proc.returncode != 0
+    assert f"{first}: label shape (500, 512) differs from image" in proc.stderr
+    assert f"{second}: label values [255] outside the declared classes 0..1" in proc.stderr
+    assert "train_loss" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "models").exists()

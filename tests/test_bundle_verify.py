@@ -1,0 +1,304 @@
+"""MONAI's own bundle checks on every bundle (tiny networks through config overrides):
+``verify_metadata`` against the local 20240725 schema, ``verify_net_in_out``, ``ckpt_export`` to
+TorchScript (eager parity 1e-4) and ``onnx_export`` (onnxruntime parity 1e-3); bad metadata and a
+checkpoint of another bundle give clear errors; ``monai-ext package`` and ``monai-ext label-app``.
+
+The MONAI Label server check is separate (``bash scripts/test_monailabel.sh``, docs/monailabel.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from monai_ext import bundle_tools as bt
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "tests" / "data" / bt.SCHEMA_NAME
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+BUNDLES = list(bt.BUNDLE_NAMES)
+#: tiny sizes for the transformer presets; the inputs keep the metadata's shapes
+TINY_SIZES = dict(hidden_size=32, mlp_dim=64, num_layers=2, num_heads=4, dim_head=None, feature_size=4)
+
+
+def tiny_overrides(bundle: str) -> dict:
+    """Override ``preset`` with a ``tiny`` copy of the bundle's ``cpu`` preset at toy widths."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.yaml"))
+    cpu = parser.get("presets#cpu")
+    tiny = {k: (TINY_SIZES[k] if k in TINY_SIZES else v) for k, v in cpu.items()}
+    return {"preset": "tiny", "presets#tiny": tiny}
+
+
+def network(bundle: str, overrides: dict | None = None, seed: int = 0) -> torch.nn.Module:
+    """The bundle's ``network_def`` built independently of bundle_tools."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.yaml"))
+    parser.read_meta(str(ROOT / "bundles" / bundle / "configs" / "metadata.json"))
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    torch.manual_seed(seed)
+    return parser.get_parsed_content("network_def").eval()
+
+
+def meta(bundle: str) -> dict:
+    return json.loads((ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+
+
+def copy_configs(bundle: str, dest: Path) -> Path:
+    shutil.copytree(ROOT / "bundles" / bundle / "configs", dest / "configs")
+    return dest
+
+
+# ------------------------------------------------------------------------------------- MONAI's checks
+def test_schema_copy_is_monais_20240725():
+    assert hashlib.md5(SCHEMA.read_bytes()).hexdigest() == bt.SCHEMA_MD5
+    assert bt.find_schema() == SCHEMA.resolve()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_metadata(bundle, monkeypatch, caplog):
+    """``python -m monai.bundle verify_metadata`` (run in-process through MONAI's own CLI entry), the local
+    schema copy as its download target: nothing is downloaded."""
+    m = meta(bundle)
+    assert m["schema"].endswith("/" + bt.SCHEMA_NAME)
+    monkeypatch.setattr(sys, "argv", ["monai.bundle", "verify_metadata", "--meta_file",
+                                      str(ROOT / "bundles" / bundle / "configs" / "metadata.json"),
+                                      "--filepath", str(SCHEMA), "--hash_val", bt.SCHEMA_MD5])
+    caplog.set_level("INFO")
+    runpy.run_module("monai.bundle", run_name="__main__")
+    assert "skipped downloading" in caplog.text and "metadata is verified with no error" in caplog.text
+    assert bt.check_metadata(bundle)["version"] in m["changelog"]
+    if "segmentation" in bundle:  # MONAI Label reads the label names from the first output's channel_def
+        channel_def = next(iter(m["network_data_format"]["outputs"].values()))["channel_def"]
+        assert channel_def["0"] == "background" and len(channel_def) >= 2
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_net_in_out(bundle):
+    bt.check_net_in_out(bundle, tiny_overrides(bundle))  # MONAI's verify_net_in_out, net id network_def
+
+
+def test_verify_net_in_out_catches_wrong_metadata():
+    bundle = BUNDLES[0]
+    bad = {**tiny_overrides(bundle), "_meta_#network_data_format#outputs#pred#num_channels": 3}
+    with pytest.raises(bt.BundleError, match=r"does not match metadata.json.*output channel number `2` doesn't match: `3`"):
+        bt.check_net_in_out(bundle, bad)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_torchscript_and_onnx_parity(bundle, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    over = tiny_overrides(bundle)
+    net = network(bundle, over, seed=1)
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+
+    # MONAI's ckpt_export; the TorchScript file carries the bundle's metadata and config
+    ts_path = tmp_path / "model.ts"
+    assert bt.export_torchscript(bundle, ckpt, ts_path, over) <= 1e-4
+    extra = {"metadata.json": "", "inference.json": ""}
+    ts = torch.jit.load(str(ts_path), _extra_files=extra).eval()
+    assert json.loads(extra["metadata.json"])["version"] == meta(bundle)["version"]
+    assert "network_def" in json.loads(extra["inference.json"])
+
+    # independent comparison on a fresh input (batch 2), and on the masked path for APF-UNETR
+    info = meta(bundle)["network_data_format"]["inputs"]
+    shape = (int(info["image"]["num_channels"]), *info["image"]["spatial_shape"])
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    uses_mask = "mask" in info
+    with torch.no_grad():
+        ref = net(x)
+        torch.testing.assert_close(ts(x), ref, atol=1e-4, rtol=0)
+        if uses_mask:
+            mask = torch.ones(2, *info["mask"]["spatial_shape"], dtype=torch.bool)
+            mask[0, -7:] = False
+            ref_mask = net(x, mask)
+            assert (ref_mask - ref).abs().max() > 1e-3, "the mask must matter, else the masked check proves nothing"
+            torch.testing.assert_close(ts(x, mask), ref_mask, atol=1e-4, rtol=0)
+
+    # MONAI's onnx_export (image only: mask=None, every leaf real) + the masked graph for APF-UNETR
+    onnx_path = tmp_path / "model.onnx"
+    diffs = bt.export_onnx(bundle, ckpt, onnx_path, over)
+    assert set(diffs) == ({"image", "image+mask"} if uses_mask else {"image"})
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
+    assert np.abs(out - ref[:1].numpy()).max() < 1e-3
+    if uses_mask:
+        sess = ort.InferenceSession(str(onnx_path.with_name("model_mask.onnx")), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        assert names == ["image", "mask"]
+        out = sess.run(None, {"image": x[:1].numpy(), "mask": mask[:1].numpy()})[0]
+        assert np.abs(out - ref_mask[:1].numpy()).max() < 1e-3
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_metadata_missing_required_field(tmp_path):
+    bundle = copy_configs(BUNDLES[0], tmp_path / "bad_bundle")
+    m = meta(BUNDLES[0])
+    del m["task"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(m))
+    with pytest.raises(bt.BundleError, match=r"bad_bundle/configs/metadata.json: does not validate against "
+                                             r"meta_schema_20240725.json: at \(top level\): 'task' is a required property"):
+        bt.check_metadata(bundle)
+
+    m = meta(BUNDLES[0])
+    del m["network_data_format"]["inputs"]["image"]["dtype"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(m))
+    with pytest.raises(bt.BundleError, match="at network_data_format/inputs/image: 'dtype' is a required property"):
+        bt.check_metadata(bundle)
+
+    m = meta(BUNDLES[0])
+    m["version"] = "9.9.9"
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(m))
+    with pytest.raises(bt.BundleError, match=r"version '9.9.9' has no entry in 'changelog'"):
+        bt.check_metadata(bundle)
+
+    (bundle / "configs" / "metadata.json").write_text("{not json")
+    with pytest.raises(bt.BundleError, match="metadata.json: not valid JSON"):
+        bt.check_metadata(bundle)
+
+
+def test_checkpoint_from_another_bundle(tmp_path):
+    vindr, duke = BUNDLES[0], BUNDLES[1]
+    over = tiny_overrides(vindr)
+    ckpt = tmp_path / "duke.pt"
+    torch.save({"model": network(duke, tiny_overrides(duke)).state_dict()}, ckpt)  # nested, as CheckpointSaver
+    with pytest.raises(bt.BundleError, match=rf"duke.pt: not a checkpoint of bundle '{vindr}'.*another shape"
+                                             r".*patch_embedding.patch_embeddings.weight: checkpoint \(32, 1, 16, 16, 4\)"
+                                             r" vs network \(32, 1, 16, 16\)"):
+        bt.check_checkpoint(vindr, ckpt, over)
+    with pytest.raises(bt.BundleError, match="not a checkpoint of bundle"):
+        bt.export_torchscript(vindr, ckpt, tmp_path / "x.ts", over)
+    assert not (tmp_path / "x.ts").exists()
+    good = tmp_path / "vindr.pt"
+    torch.save(network(vindr, over).state_dict(), good)
+    bt.check_checkpoint(vindr, good, over)  # the right one loads
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(bt.BundleError, match="junk.pt: not a readable PyTorch checkpoint"):
+        bt.check_checkpoint(vindr, tmp_path / "junk.pt", over)
+
+
+def test_cli_verify_reports_bad_input(tmp_path):
+    """``monai-ext verify`` exits 1 and names the file and the problem for each failing bundle."""
+    vindr, duke = BUNDLES[0], BUNDLES[1]
+    bad = copy_configs(vindr, tmp_path / "bad_bundle")
+    m = meta(vindr)
+    del m["network_data_format"]
+    (bad / "configs" / "metadata.json").write_text(json.dumps(m))
+    ckpt = tmp_path / "duke.pt"
+    torch.save(network(duke).state_dict(), ckpt)
+    proc = subprocess.run([sys.executable, "-m", "monai_ext.cli", "verify", str(bad), vindr, "--ckpt", str(ckpt),
+                           "--no-onnx"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"{bad}/configs/metadata.json: does not validate" in proc.stderr
+    assert "'network_data_format' is a required property" in proc.stderr
+    assert f"{ckpt}: not a checkpoint of bundle '{vindr}'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- package, label app
+def _write_png(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random((96, 80)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def test_package_runs_unzipped_from_another_folder(tmp_path):
+    bundle = "vindr_cxr_cardiomegaly_classification"
+    ckpt = tmp_path / "trained.pt"
+    torch.save(network(bundle, seed=3).state_dict(), ckpt)  # the bundle's default network, as shipped
+    out = bt.package_bundle(bundle, tmp_path / "pkg.zip", ckpt=ckpt)
+    names = set(zipfile.ZipFile(out).namelist())
+    for need in ("configs/metadata.json", "configs/inference.yaml", "configs/train.yaml", "docs/README.md",
+                 "LICENSE", "models/model.pt", "models/model.ts", "large_files.yml"):
+        assert f"{bundle}/{need}" in names, need
+    assert not any("/data/" in n or "/eval/" in n for n in names)
+
+    where = tmp_path / "elsewhere"
+    zipfile.ZipFile(out).extractall(where)
+    unz = where / bundle
+    large = yaml.safe_load((unz / "large_files.yml").read_text())["large_files"]
+    assert {e["path"] for e in large} == {"models/model.pt", "models/model.ts"}
+    for e in large:
+        assert e["hash_type"] == "sha256" and hashlib.sha256((unz / e["path"]).read_bytes()).hexdigest() == e["hash_val"]
+    assert (unz / "models" / "model.pt").read_bytes() == ckpt.read_bytes()
+
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"cxr{i}.png")
+        _write_png(images[-1], i)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+           "--input_files", json.dumps([str(p) for p in images]), "--output_dir", str(tmp_path / "pred")]
+    proc = subprocess.run(cmd, cwd=unz, capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = list(csv.reader((tmp_path / "pred" / "predictions.csv").open()))
+    assert len(rows) == 3
+
+    # reference: the package's own TorchScript model on the bundle's preprocessing
+    parser = ConfigParser()
+    parser.read_config(str(unz / "configs" / "inference.yaml"))
+    pre = parser.get_parsed_content("preprocessing")
+    ts = torch.jit.load(str(unz / "models" / "model.ts")).eval()
+    by_name = {Path(r[0]).stem: [float(v) for v in r[1:]] for r in rows}
+    for p in images:
+        x = pre({"image": str(p)})["image"].as_tensor()[None]
+        with torch.no_grad():
+            prob = torch.softmax(ts(x), dim=1)[0].numpy()
+        np.testing.assert_allclose(by_name[p.stem], prob, atol=1e-4)
+
+    # MONAI's large-file check (download_large_files: hash of each present file) passes, and catches a change
+    from monai.bundle import download_large_files
+
+    download_large_files(bundle_path=str(unz))
+    with open(unz / "models" / "model.ts", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(Exception, match=r"hash check of existing file failed.*model\.ts"):  # HashCheckError
+        download_large_files(bundle_path=str(unz))
+
+
+def test_package_refuses_other_bundles_checkpoint(tmp_path):
+    ckpt = tmp_path / "duke.pt"
+    torch.save(network("duke_breast_mri_classification").state_dict(), ckpt)
+    with pytest.raises(bt.BundleError, match="not a checkpoint of bundle 'vindr_cxr_cardiomegaly_classification'"):
+        bt.package_bundle("vindr_cxr_cardiomegaly_classification", tmp_path / "x.zip", ckpt=ckpt)
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_label_app_layout(tmp_path):
+    ckpts = {}
+    for b in BUNDLES:
+        ckpts[b] = tmp_path / f"{b}.pt"
+        torch.save(network(b).state_dict(), ckpts[b])
+    app = bt.build_label_app(tmp_path / "app", ckpts=ckpts)
+    compile((app / "main.py").read_text(), str(app / "main.py"), "exec")
+    main = (app / "main.py").read_text()
+    assert "add_post_restore=not classification" in main and "load_strict=True" in main
+    assert sorted(p.name for p in (app / "model").iterdir()) == sorted(BUNDLES)
+    for b in BUNDLES:
+        d = app / "model" / b
+        for need in ("configs/inference.yaml", "configs/metadata.json", "LICENSE", "models/model.pt"):
+            assert (d / need).is_file(), (b, need)
+        assert (d / "models" / "model.pt").read_bytes() == ckpts[b].read_bytes()
+        # MONAI Label picks the task type from the folder name (segmentation before classification)
+        assert ("classification" in b) != ("segmentation" in b)
+    with pytest.raises(bt.BundleError, match="not a checkpoint of bundle 'apf_unetr_btcv_segmentation'"):
+        bt.build_label_app(tmp_path / "app2", ckpts={**ckpts, "apf_unetr_btcv_segmentation": ckpts[BUNDLES[0]]})
+    with pytest.raises(bt.BundleError, match="none.pt: no trained weights for"):
+        bt.build_label_app(tmp_path / "app3", bundles=[BUNDLES[0]], ckpts={BUNDLES[0]: tmp_path / "none.pt"})
