@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def train_demo(attention: str = "softmax_free", steps: int = 150, batch_size: in
 DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
     # CPU-sized: 64 px at patch 8 (64 tokens); the bundle's own default is 224 px at patch 16
     "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 1200, {"resolutions": [64]},
-                                              {"image_size": 64, "patch_size": 8, "epochs": 15}),
+                                              {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
     "duke_breast_mri_classification": ("duke", 60, {}, {}),
     "apf_unetr_btcv_segmentation": ("btcv", 12, {}, {}),
     "apf_unetr_paip_segmentation": ("paip", 12, {}, {}),
@@ -109,12 +110,16 @@ def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0) -> di
     overrides = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
     for k, v in overrides.items():
         common += [f"--{k}", json.dumps(v)]
-    logger.info("[3/4] training: python -m monai.bundle run training --config_file configs/train.yaml")
+    # small networks on few cores: one intra-op thread avoids oversubscription (set OMP_NUM_THREADS to change)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    logger.info("[3/4] training: python -m monai.bundle run training --config_file configs/train.yaml %s",
+                " ".join(common[4:]))
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                    str(cfg / "train.yaml"), *common], cwd=root, check=True)
+                    str(cfg / "train.yaml"), *common], cwd=root, check=True, env=env)
     logger.info("[4/4] evaluating the best checkpoint on the test split")
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                    str([str(cfg / "train.yaml"), str(cfg / "evaluate.yaml")]), *common], cwd=root, check=True)
+                    str([str(cfg / "train.yaml"), str(cfg / "evaluate.yaml")]), *common], cwd=root, check=True,
+                   env=env)
     metrics = {}
     for line in (root / "eval" / "metrics.csv").read_text().splitlines():
         if "," in line:
