@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     out = Path(args.out)
     command = command_line()
-    machine = machine_info(measure=not args.no_gemm)
+    machine = machine_info(measure=not args.no_gemm, threads=_threads(args))
     targets = ("attention", "apf", "3d") if args.target == "all" else (args.target,)
     summary: dict[str, Any] = {}
     for target in targets:

@@ -183,9 +183,13 @@ class MachineInfo:
         return "\n".join(lines)
 
 
-def machine_info(gemm_size: int = 2048, measure: bool = True) -> MachineInfo:
-    """Collect :class:`MachineInfo`; ``measure=False`` skips the GEMM/copy measurements (reported as 0)."""
+def machine_info(gemm_size: int = 2048, measure: bool = True, threads: Optional[int] = None) -> MachineInfo:
+    """Collect :class:`MachineInfo`; ``measure=False`` skips the GEMM/copy measurements (reported as 0).
+    ``threads``: torch threads for the measurements (the benchmark workers' setting; default torch's)."""
     import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
 
     mem = meminfo_bytes()
     try:
