@@ -135,26 +135,26 @@ def test_vindr_ddp_two_cpu_processes(vindr_data, tmp_path):
 
 def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
     io = _io(tmp_path, vindr_data)
-    cmd = bundle_cmd(VINDR, ["train.yaml"], "training", epochs=4, image_size=64, **io)
+    cmd = bundle_cmd(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, **io)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=VINDR)
-    ckpt = tmp_path / "models" / "checkpoint_epoch=1.pt"
+    models = tmp_path / "models"
     deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the saver finish writing
+    # ignite writes a checkpoint to a temporary file and renames it, so one that is listed is complete
+    while not list(models.glob("checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists(), "no checkpoint written before the kill"
-    done = sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt"))
-    assert done and "checkpoint_epoch=4.pt" not in done, f"training finished before the kill: {done}"
-    resumed_from = int(done[-1].split("=")[1].split(".")[0])
-    out = run_bundle(VINDR, ["train.yaml"], "training", epochs=4, image_size=64, resume=True, **io)
+    done = sorted(models.glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+    assert done, "no checkpoint written before the kill"
+    resumed_from = int(done[-1].stem.split("=")[1])
+    assert resumed_from < 6, f"training finished before the kill: {done}"
+    out = run_bundle(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, resume=True, **io)
     log = out.stdout + out.stderr
     assert "resuming from" in log
-    assert f"Epoch: {resumed_from}/4" not in log and f"Epoch: {resumed_from + 1}/4" in log
-    state = torch.load(tmp_path / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=False)
-    assert state["trainer"]["iteration"] == 4 * state["trainer"]["epoch_length"]
-    assert state["lr_scheduler"]["last_epoch"] == 4
+    assert f"Epoch: {resumed_from}/6" not in log and f"Epoch: {resumed_from + 1}/6" in log
+    state = torch.load(models / "checkpoint_epoch=6.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 6 * state["trainer"]["epoch_length"]
+    assert state["lr_scheduler"]["last_epoch"] == 6
 
 
 def test_bad_input_found_before_training(vindr_data, tmp_path):

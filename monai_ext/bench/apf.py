@@ -58,11 +58,11 @@ class APFBenchSettings:
     layers: int = 4
     mlp: int = 256
     feature_size: int = 8
-    steps: int = 120
+    steps: int = 80
     lr: float = 1e-3
     train_images: int = 6
     val_images: int = 3
-    train_budget: float = 150.0
+    train_budget: float = 240.0
     patching_sizes: Sequence[int] = (1024, 8192)
     repeats: int = 3
     step_timeout: float = 240.0

@@ -83,11 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="APF min patch sizes (2 4 8; quick 8)")
     g.add_argument("--apf-tokens", type=_positive_int, default=None, help="APF sequence length L, a square (1024)")
     g.add_argument("--apf-attention", default="softmax_free", help="attention of both UNETRs (softmax_free)")
-    g.add_argument("--apf-steps", type=_positive_int, default=None, help="training steps per Dice run (120; quick 4)")
+    g.add_argument("--apf-steps", type=_positive_int, default=None, help="training steps per Dice run (80; quick 4)")
     g.add_argument("--apf-images", type=_positive_int, nargs=2, default=None, metavar=("TRAIN", "VAL"),
                    help="synthetic images for training and validation (6 3; quick 2 1)")
     g.add_argument("--apf-train-budget", type=float, default=None,
-                   help="seconds a Dice training run may be predicted to take (150; quick 30)")
+                   help="seconds a Dice training run may be predicted to take (240; quick 30)")
     g.add_argument("--patching-sizes", type=_positive_int, nargs="+", default=None,
                    help="image sizes of the patching-time measurement (1024 8192; quick 1024)")
     p.set_defaults(func=run)
@@ -136,9 +136,9 @@ def apf_settings(args: argparse.Namespace):
         patches=tuple(_pick(args.apf_patches, (2, 4, 8), (8,), q)),
         tokens=_pick(args.apf_tokens, 1024, 256, q),
         attention=args.apf_attention,
-        steps=_pick(args.apf_steps, 120, 4, q),
+        steps=_pick(args.apf_steps, 80, 4, q),
         train_images=images[0], val_images=images[1],
-        train_budget=_pick(args.apf_train_budget, 150.0, 30.0, q),
+        train_budget=_pick(args.apf_train_budget, 240.0, 30.0, q),
         patching_sizes=tuple(_pick(args.patching_sizes, (1024, 8192), (1024,), q)),
         repeats=_pick(args.repeats, 3, 1, q),
         step_timeout=_pick(args.step_timeout, 240.0, 60.0, q),
