@@ -4,46 +4,29 @@ before training."""
 
 from __future__ import annotations
 
+import functools
+
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_utils import BUNDLES, bundle_cmd, run_bundle
 import torch
 from PIL import Image
 
 from monai_ext.data import paip
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "apf_unetr_paip_segmentation"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+BUNDLE = BUNDLES / "apf_unetr_paip_segmentation"
 # a small network and 64 APF tokens (patch 8) per 512 x 512 image keep one epoch to seconds
 TINY = {"presets#cpu#hidden_size": 32, "presets#cpu#mlp_dim": 64, "presets#cpu#num_layers": 2,
         "presets#cpu#num_heads": 2, "presets#cpu#feature_size": 8, "presets#cpu#num_tokens": 64}
 
 
-def bundle_cmd(configs: list[str], run_id: str, **overrides) -> list[str]:
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(files).replace('"', "'"),
-           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-           "--logging_file", str(BUNDLE / "configs" / "logging.conf")]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
-    return cmd
-
-
-def run_bundle(configs: list[str], run_id: str = "run", timeout: int = 300, check: bool = True,
-               **overrides) -> subprocess.CompletedProcess:
-    proc = subprocess.run(bundle_cmd(configs, run_id, **overrides), capture_output=True, text=True,
-                          timeout=timeout, env=ENV, cwd=BUNDLE)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+bundle_cmd = functools.partial(bundle_cmd, BUNDLE)
+run_bundle = functools.partial(run_bundle, BUNDLE)
 
 
 @pytest.fixture(scope="module")
