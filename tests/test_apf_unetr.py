@@ -66,6 +66,11 @@ def test_geometry_embedding_uses_leaf_table():
         net(x)
 
 
+def test_apf_unetr_geometry_flag_must_be_bool():
+    with pytest.raises(ValueError, match="must be a bool"):
+        APFUNETR(1, 2, num_tokens=36, patch_size=4, geometry_embedding="false", **TINY)
+
+
 def test_apf_unetr_bad_token_count():
     with pytest.raises(ValueError, match="perfect square"):
         APFUNETR(1, 2, num_tokens=20, patch_size=4, **TINY)

@@ -57,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-budget", type=float, default=None,
                    help="seconds of timed repeats per configuration before fewer repeats are used (60; quick 15)")
     p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads per worker (torch's default; quick: 1, which keeps a smoke test fast on a "
-                        "busy machine where multi-threaded small ops stall on each other)")
+                   help="torch threads per worker (attention/3d: torch's default, quick 1; apf: 1). One thread keeps "
+                        "timings of small-op-heavy models stable on a shared machine, where every multi-threaded op "
+                        "waits for its second thread to be scheduled")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM/bandwidth measurement (reported as 0)")
     g = p.add_argument_group("attention / 3d")
     g.add_argument("--sizes", type=_positive_int, nargs="+", default=None,
@@ -143,33 +144,47 @@ def apf_settings(args: argparse.Namespace):
         repeats=_pick(args.repeats, 3, 1, q),
         step_timeout=_pick(args.step_timeout, 240.0, 60.0, q),
         config_budget=_pick(args.config_budget, 60.0, 15.0, q),
-        threads=_threads(args),
+        # one thread: APF-UNETR's many small ops make two-thread timings hostage to any other process on
+        # a shared 2-core machine (each OpenMP region waits for its second thread to be scheduled: the
+        # same APF-UNETR step measured 0.1 s and 4.7 s minutes apart); --threads overrides
+        threads=args.threads if args.threads is not None else 1,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from .machine import command_line, machine_info
+    from .machine import MachineInfo, command_line, machine_info
 
     t0 = time.monotonic()
     out = Path(args.out)
     command = command_line()
-    machine = machine_info(measure=not args.no_gemm, threads=_threads(args))
     targets = ("attention", "apf", "3d") if args.target == "all" else (args.target,)
+    import torch
+
+    default_threads = torch.get_num_threads()
+
+    def machine_for(threads: Any) -> MachineInfo:
+        """Measured afresh for each section (load and date are the section's), GEMM with the workers'
+        thread count."""
+        return machine_info(measure=not args.no_gemm, threads=threads or default_threads)
+
     summary: dict[str, Any] = {}
     for target in targets:
         t = time.monotonic()
         if target == "attention":
             from .attention import run_attention_bench
 
-            summary[target] = run_attention_bench(attention_settings(args), out, machine, command)
+            s = attention_settings(args)
+            summary[target] = run_attention_bench(s, out, machine_for(s.threads), command)
         elif target == "3d":
             from .vit3d import run_3d_bench
 
-            summary[target] = run_3d_bench(attention_settings(args, volumes=True), out, machine, command)
+            s = attention_settings(args, volumes=True)
+            summary[target] = run_3d_bench(s, out, machine_for(s.threads), command)
         elif target == "apf":
             from .apf import run_apf_bench
 
-            summary[target] = run_apf_bench(apf_settings(args), out, machine, command)
+            a = apf_settings(args)
+            summary[target] = run_apf_bench(a, out, machine_for(a.threads), command)
         logger.info("bench %s: done in %.0f s", target, time.monotonic() - t)
     logger.info("bench %s: wrote %s in %.0f s", args.target, out, time.monotonic() - t0)
     return 0

@@ -49,6 +49,9 @@ class APFUNETR(nn.Module):
         if side * side != num_tokens:
             raise ValueError(f"num_tokens={num_tokens} must be a perfect square for the APF grid layout "
                              f"(e.g. {side * side} or {(side + 1) ** 2})")
+        if not isinstance(geometry_embedding, bool):
+            # `--geometry_embedding false` on the bundle command line is the string "false" (truthy)
+            raise ValueError(f"geometry_embedding must be a bool (True/False), got {geometry_embedding!r}")
         self.num_tokens = num_tokens
         self.side = side
         self.patch_size = patch_size
