@@ -17,6 +17,7 @@ import csv
 import logging
 import math
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -188,7 +189,7 @@ def plot_lines(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.fill(part, 80) for part in title.split("\n")), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
