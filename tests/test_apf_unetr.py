@@ -1,4 +1,4 @@
-"""APF-UNETR on APF pseudo-images: shapes, padding mask in leaf order, geometry embedding."""
+"""APF-UNETR on APF pseudo-images: shapes, padding mask in leaf order."""
 
 from __future__ import annotations
 
@@ -52,23 +52,6 @@ def test_padded_leaves_are_masked_in_token_order():
     torch.testing.assert_close(f1[tok_mask], f2[tok_mask], atol=1e-5, rtol=1e-5)
     # and the mapping is the Z-curve: leaf 0 -> token 0, leaf 1 -> token 1, leaf 2 -> token S
     assert net.leaf_to_token[:4].tolist() == [0, 1, 6, 7]
-
-
-def test_geometry_embedding_uses_leaf_table():
-    img = _image_with_detail()
-    grid, meta = quadtree_patch(img, patch_size=4, num_tokens=36, mode="fixed", min_size=4)
-    net = APFUNETR(1, 2, num_tokens=36, patch_size=4, geometry_embedding=True, **TINY)
-    x = torch.from_numpy(grid)[None]
-    leaves = torch.from_numpy(meta["leaves"])[None]
-    out = net(x, torch.from_numpy(meta["mask"])[None], leaves, image_size=64)
-    assert out.shape == (1, 2, 24, 24)
-    with pytest.raises(ValueError, match="leaf table"):
-        net(x)
-
-
-def test_apf_unetr_geometry_flag_must_be_bool():
-    with pytest.raises(ValueError, match="must be a bool"):
-        APFUNETR(1, 2, num_tokens=36, patch_size=4, geometry_embedding="false", **TINY)
 
 
 def test_apf_unetr_bad_token_count():

@@ -100,8 +100,7 @@ def test_apf_inferer_matches_manual_slice_loop():
 
 def test_prepare_apf_batch_passes_mask():
     batch = {"image": torch.zeros(2, 1, 8, 8), "label": torch.zeros(2, 1, 8, 8),
-             "image_apf": {"mask": torch.tensor([[True, False], [True, True]]), "leaves": torch.zeros(2, 2, 3),
-                           "padded_size": torch.tensor([64, 64])}}
-    image, label, args, kwargs = PrepareAPFBatch(geometry=True)(batch, "cpu")
-    assert kwargs["mask"].dtype == torch.bool and kwargs["mask"].shape == (2, 2)
-    assert kwargs["image_size"] == 64 and kwargs["leaves"].shape == (2, 2, 3)
+             "image_apf": {"mask": torch.tensor([[True, False], [True, True]]), "leaves": torch.zeros(2, 2, 3)}}
+    image, label, args, kwargs = PrepareAPFBatch()(batch, "cpu")
+    assert set(kwargs) == {"mask"} and args == ()
+    assert kwargs["mask"].dtype == torch.bool and kwargs["mask"].tolist() == [[True, False], [True, True]]

@@ -10,7 +10,6 @@ masked out of attention. With the ``uniform`` APF mode the same network is the p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -29,29 +28,23 @@ class APFUNETR(nn.Module):
         in_channels, out_channels: image channels and classes.
         num_tokens: ``L``, leaves per image (a perfect square).
         patch_size: ``p``, the size every leaf is resized to (power of two >= 2).
-        geometry_embedding: add a learned embedding of each leaf's centre and size (from the leaf
-            table) to its token, on top of the grid position embedding.
         **unetr_kwargs: ``feature_size``, ``hidden_size``, ``mlp_dim``, ``num_heads``, ``num_layers``,
             ``attention``, ``dropout_rate``, ``qkv_bias``, ``norm_name``, ... of :class:`UNETR`.
 
     Shapes:
         ``x``: ``(B, C, S*p, S*p)`` pseudo-image; ``mask``: optional ``(B, L)`` bool in leaf (Z) order,
-        False = padding; ``leaves``: ``(B, L, 3)`` ``(y, x, size)`` leaf table (needed only with
-        ``geometry_embedding``); ``image_size``: side of the padded square image the leaves live in.
+        False = padding.
         Returns logits ``(B, out_channels, S*p, S*p)`` on the pseudo-image (unpatch them with
         :class:`monai_ext.transforms.AdaptiveUnpatchd`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_tokens: int, patch_size: int = 4,
-                 geometry_embedding: bool = False, **unetr_kwargs: Any) -> None:
+                 **unetr_kwargs: Any) -> None:
         super().__init__()
         side = math.isqrt(int(num_tokens))
         if side * side != num_tokens:
             raise ValueError(f"num_tokens={num_tokens} must be a perfect square for the APF grid layout "
                              f"(e.g. {side * side} or {(side + 1) ** 2})")
-        if not isinstance(geometry_embedding, bool):
-            # `--geometry_embedding false` on the bundle command line is the string "false" (truthy)
-            raise ValueError(f"geometry_embedding must be a bool (True/False), got {geometry_embedding!r}")
         self.num_tokens = num_tokens
         self.side = side
         self.patch_size = patch_size
@@ -61,10 +54,6 @@ class APFUNETR(nn.Module):
         # leaf i sits at raster token rows[i] * S + cols[i]
         self.register_buffer("leaf_to_token", torch.as_tensor(rows * side + cols, dtype=torch.long),
                              persistent=False)
-        self.geometry_embedding = geometry_embedding
-        hidden = self.unetr.hidden_size
-        self.geometry = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, hidden)) \
-            if geometry_embedding else nn.Identity()
 
     def token_order(self, per_leaf: torch.Tensor) -> torch.Tensor:
         """``(B, L, ...)`` in leaf order -> ``(B, L, ...)`` in the ViT's raster token order."""
@@ -72,18 +61,8 @@ class APFUNETR(nn.Module):
         out[:, self.leaf_to_token] = per_leaf
         return out
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, leaves: Optional[torch.Tensor] = None,
-                image_size: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         token_mask: Optional[torch.Tensor] = None
         if mask is not None:
             token_mask = self.token_order(mask.to(torch.bool))
-        extra: Optional[torch.Tensor] = None
-        if self.geometry_embedding:
-            if leaves is None or image_size <= 0:
-                raise ValueError("geometry_embedding needs the leaf table (B, L, 3) and image_size")
-            lv = leaves.to(x.dtype)
-            geo = torch.stack([(lv[..., 0] + lv[..., 2] / 2) / image_size,
-                               (lv[..., 1] + lv[..., 2] / 2) / image_size,
-                               torch.log2(lv[..., 2].clamp_min(1.0)) / math.log(max(image_size, 2), 2.0)], dim=-1)
-            extra = self.token_order(self.geometry(geo))
-        return self.unetr(x, token_mask, extra)
+        return self.unetr(x, token_mask)

@@ -100,9 +100,8 @@ class UNETR(nn.Module):
         perm = [0, self.spatial_dims + 1] + list(range(1, self.spatial_dims + 1))
         return x.permute(perm).contiguous()
 
-    def forward(self, x_in: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                extra_embedding: Optional[torch.Tensor] = None) -> torch.Tensor:
-        tokens, hidden = self.vit.forward_features(x_in, mask, extra_embedding)
+    def forward(self, x_in: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tokens, hidden = self.vit.forward_features(x_in, mask)
         skips: list[torch.Tensor] = []
         for i, enc in enumerate(self.skip_encoders):
             skips.append(enc(self.proj_feat(hidden[self.skip_layer_ids[i]])))

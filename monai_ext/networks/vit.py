@@ -183,14 +183,10 @@ class ViT(nn.Module):
         if x.dim() != self.spatial_dims + 2 or list(x.shape[1:]) != [self.in_channels] + list(self.img_size):
             raise ValueError(self._input_error(x))
 
-    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                         extra_embedding: Optional[torch.Tensor] = None):
-        """``extra_embedding``: optional ``(B, N, C)`` added to the patch tokens (after the position
-        embedding), e.g. APF's geometry embedding."""
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """Final normed tokens ``(B, N[+1], C)`` and the list of every block's output."""
         self._check_input(x)
         x = self.patch_embedding(x)  # (B, N, C)
-        if extra_embedding is not None:
-            x = x + extra_embedding
         if mask is not None:
             mask = mask.to(torch.bool)
         if self.classification:

@@ -19,27 +19,21 @@ logger = logging.getLogger(__name__)
 
 class PrepareAPFBatch:
     """``prepare_batch`` for SupervisedTrainer on APF pseudo-images: returns
-    ``(image, label, (), {"mask": (B, L) bool[, "leaves", "image_size"]})`` so the network gets the
-    padding mask (and, with ``geometry``, the leaf table).
+    ``(image, label, (), {"mask": (B, L) bool})`` so the network gets the padding mask.
 
     Args:
         meta_key: key of the APF metadata written by :class:`~monai_ext.transforms.AdaptivePatchd`.
-        geometry: also pass ``leaves`` and ``image_size`` (for ``APFUNETR(geometry_embedding=True)``).
     """
 
-    def __init__(self, meta_key: str = "image_apf", geometry: bool = False) -> None:
+    def __init__(self, meta_key: str = "image_apf") -> None:
         self.meta_key = meta_key
-        self.geometry = geometry
 
     def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
                  non_blocking: bool = False, **kwargs: Any):
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         meta = batchdata[self.meta_key]
-        extra = {"mask": torch.as_tensor(meta["mask"]).to(device=device, dtype=torch.bool)}
-        if self.geometry:
-            extra["leaves"] = torch.as_tensor(meta["leaves"]).to(device=device)
-            extra["image_size"] = int(torch.as_tensor(meta["padded_size"]).reshape(-1)[0])
-        return image, label, (), extra
+        mask = torch.as_tensor(meta["mask"]).to(device=device, dtype=torch.bool)
+        return image, label, (), {"mask": mask}
 
 
 class APFInferer(Inferer):
@@ -54,7 +48,6 @@ class APFInferer(Inferer):
         patch_size, num_tokens, mode: APF parameters (as :class:`~monai_ext.transforms.AdaptivePatchd`).
         batch_size: pseudo-images per network call.
         unpatch_mode: interpolation of logits back to leaf boxes.
-        geometry: pass the leaf table to the network (``APFUNETR(geometry_embedding=True)``).
         plan_kwargs: ``min_size``, ``max_depth``, ``split_value``, ``blur_kernel``, ``canny_low``,
             ``canny_high``, ``window``, ... of :func:`~monai_ext.transforms.plan_quadtree`.
 
@@ -62,14 +55,13 @@ class APFInferer(Inferer):
     """
 
     def __init__(self, patch_size: int, num_tokens: int, mode: str = "fixed", batch_size: int = 8,
-                 unpatch_mode: str = "bilinear", geometry: bool = False, **plan_kwargs: Any) -> None:
+                 unpatch_mode: str = "bilinear", **plan_kwargs: Any) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.num_tokens = num_tokens
         self.mode = mode
         self.batch_size = batch_size
         self.unpatch_mode = unpatch_mode
-        self.geometry = geometry
         self.plan_kwargs = plan_kwargs
 
     def _run(self, images: Sequence[torch.Tensor], network, args, kwargs) -> list[torch.Tensor]:
@@ -85,11 +77,8 @@ class APFInferer(Inferer):
                 metas.append(meta)
             device = images[0].device
             x = torch.stack(grids).to(device=device, dtype=torch.float32)
-            extra = {"mask": torch.stack([torch.as_tensor(m["mask"]) for m in metas]).to(device)}
-            if self.geometry:
-                extra["leaves"] = torch.stack([torch.as_tensor(m["leaves"]) for m in metas]).to(device)
-                extra["image_size"] = int(metas[0]["padded_size"])
-            logits = network(x, *args, **extra, **kwargs)
+            mask = torch.stack([torch.as_tensor(m["mask"]) for m in metas]).to(device)
+            logits = network(x, *args, mask=mask, **kwargs)
             for i, meta in enumerate(metas):
                 outs.append(quadtree_unpatch(logits[i], meta, mode=self.unpatch_mode))
         return outs
