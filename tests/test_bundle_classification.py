@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from bundle_utils import BUNDLES, ENV, bundle_cmd, run_bundle
+from bundle_utils import BUNDLES, ENV, bundle_cmd, run_bundle, torchrun_bundle
 import torch
 
 from monai_ext.data import duke, vindr_cxr
@@ -92,16 +91,7 @@ def test_duke_train_evaluate_infer(duke_data, tmp_path):
 
 def test_vindr_ddp_two_cpu_processes(vindr_data, tmp_path):
     io = _io(tmp_path, vindr_data)
-    files = [str(VINDR / "configs" / c) for c in ("train.yaml", "multi_gpu_train.yaml")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "monai.bundle", "run", "--config_file", json.dumps(files).replace('"', "'"),
-           "--meta_file", str(VINDR / "configs" / "metadata.json"),
-           "--logging_file", str(VINDR / "configs" / "logging.conf"), "--epochs", "1", "--image_size", "64"]
-    for k, v in io.items():
-        cmd += [f"--{k}", str(v)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, cwd=VINDR)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+    log = torchrun_bundle(VINDR, ["train.yaml", "multi_gpu_train.yaml"], port=29517, epochs=1, image_size=64, **io)
     assert "backend=gloo rank=0/2" in log and "backend=gloo rank=1/2" in log
     from monai.bundle import ConfigParser
 

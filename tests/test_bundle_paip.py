@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_utils import BUNDLES, bundle_cmd, run_bundle
+from bundle_utils import BUNDLES, bundle_cmd, run_bundle, torchrun_bundle
 import torch
 from PIL import Image
 
@@ -32,10 +32,10 @@ run_bundle = functools.partial(run_bundle, BUNDLE)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("paip_bundle")
-    paip.synthesize(root / "raw", cases=4, seed=0, size=512)
-    paip.prepare(root / "raw", root / "prepared", resolutions=[512], split=(2, 1, 1))
+    paip.synthesize(root / "raw", cases=5, seed=0, size=512)
+    paip.prepare(root / "raw", root / "prepared", resolutions=[512], split=(2, 2, 1))
     body = json.loads((root / "prepared" / "datalist_512.json").read_text())
-    assert [len(body[s]) for s in ("training", "validation", "test")] == [2, 1, 1]
+    assert [len(body[s]) for s in ("training", "validation", "test")] == [2, 2, 1]
     return root / "prepared"
 
 
@@ -108,3 +108,35 @@ def test_bad_input_found_before_training(data, tmp_path):
     assert f"{second}: label values [255] outside the declared classes 0..1" in proc.stderr
     assert "train_loss" not in proc.stdout + proc.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_ddp_two_cpu_processes(data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks train and validate on their shard, rank 0 saves a
+    checkpoint that loads into the single-process network; distributed evaluation gives the metrics of
+    a single-process evaluation of the same checkpoint."""
+    io = _io(tmp_path, data)
+    log = torchrun_bundle(BUNDLE, ["train.yaml", "multi_gpu_train.yaml"], port=29527, epochs=1, val_interval=1, **io)
+    assert "backend=gloo rank=0/2" in log and "backend=gloo rank=1/2" in log
+    assert "val_mean_dice" in log
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.update(TINY)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu"))  # no "module." prefix
+
+    # evaluation on the validation split (2 images, one per rank) vs the same in one process
+    ev = dict(io, eval_split="validation")
+    log = torchrun_bundle(BUNDLE, ["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], port=29528, **ev)
+    ddp = (tmp_path / "eval" / "metrics.csv").read_text()
+    run_bundle(["train.yaml", "evaluate.yaml"], **dict(ev, output_dir=str(tmp_path / "eval1")))
+    single = (tmp_path / "eval1" / "metrics.csv").read_text()
+    ddp_m = dict(line.split(",", 1) for line in ddp.splitlines())
+    one_m = dict(line.split(",", 1) for line in single.splitlines())
+    assert ddp_m.keys() == one_m.keys()
+    val = json.loads((data / "datalist_512.json").read_text())["validation"]
+    with open(tmp_path / "eval" / "mean_dice_raw.csv", newline="") as f:  # gathered from both ranks
+        assert sorted(Path(r["filename"]).name for r in csv.DictReader(f)) == sorted(Path(e["image"]).name for e in val)
+    for k in one_m:
+        assert float(ddp_m[k]) == pytest.approx(float(one_m[k]), abs=1e-5), (k, ddp, single)
