@@ -75,7 +75,7 @@ DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
     "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 1200, {"resolutions": [64]},
                                               {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
     "duke_breast_mri_classification": ("duke", 60, {}, {}),
-    "apf_unetr_btcv_segmentation": ("btcv", 12, {}, {}),
+    "apf_unetr_btcv_segmentation": ("btcv", 24, {}, {}),
     "apf_unetr_paip_segmentation": ("paip", 12, {}, {}),
 }
 

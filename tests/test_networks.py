@@ -78,6 +78,27 @@ def test_vit_bad_arguments(kwargs, match):
         ViT(**args)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
+def test_vit_pooling_against_tokens(pooling):
+    """The head sees the class token, the mean or the feature-wise max of the real patch tokens
+    (padding excluded), computed here from ``forward_features`` by hand."""
+    torch.manual_seed(0)
+    m = ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, classification=True, num_classes=3, pooling=pooling,
+            **TINY).eval()
+    x = torch.randn(2, 1, 32, 32)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        tokens, _ = m.forward_features(x, mask)
+        pooled = []
+        for b in range(2):
+            real = tokens[b, 1:][mask[b]]
+            pooled.append({"cls": tokens[b, 0], "mean": real.mean(0), "max": real.max(0).values}[pooling])
+        torch.testing.assert_close(m(x, mask), m.classification_head(torch.stack(pooled)))
+    with pytest.raises(ValueError, match="pooling must be"):
+        ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, classification=True, pooling="sum", **TINY)
+
+
 def test_vit_bad_input_shape():
     m = ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, **TINY)
     with pytest.raises(ValueError, match="expected input"):

@@ -115,8 +115,10 @@ class ViT(nn.Module):
         attention: registered attention name (``softmax_free``, ``softmax``, ``sima``, ...).
         dim_head: per-head dimension (default ``hidden_size // num_heads``).
         attention_kwargs: extra keyword arguments of the attention module (e.g. ``eps``).
-        pooling: what the head sees: the class token (``"cls"``, ViT) or the mean of the real patch
-            tokens (``"mean"``, often better when training from scratch on small data).
+        pooling: what the head sees: the class token (``"cls"``, ViT), the mean of the real patch
+            tokens (``"mean"``, often better when training from scratch on small data) or their
+            feature-wise maximum (``"max"``: a finding anywhere in the image, e.g. a small lesion, is
+            not averaged away over thousands of tokens).
 
     Shapes:
         ``x``: ``(B, in_channels, *img_size)``; ``mask``: optional ``(B, N)`` bool over the
@@ -133,8 +135,8 @@ class ViT(nn.Module):
                  pooling: str = "cls") -> None:
         super().__init__()
         check_attention_name(attention)
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "max"):
+            raise ValueError(f"pooling must be 'cls', 'mean' or 'max', got {pooling!r}")
         self.pooling = pooling
         self.img_size, self.patch_size = check_patch_grid(img_size, patch_size, spatial_dims)
         if dim_head is None and hidden_size % num_heads != 0:
@@ -208,6 +210,11 @@ class ViT(nn.Module):
                     return self.classification_head(patches.mean(dim=1))
                 m = mask.to(patches.dtype).unsqueeze(-1)
                 return self.classification_head((patches * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0))
+            if self.pooling == "max":
+                patches = tokens[:, 1:]
+                if mask is not None:
+                    patches = patches.masked_fill(~mask.to(torch.bool).unsqueeze(-1), float("-inf"))
+                return self.classification_head(patches.amax(dim=1))
             return self.classification_head(tokens[:, 0])
         return tokens
 
