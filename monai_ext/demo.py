@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,7 +75,7 @@ DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
     # CPU-sized: 64 px at patch 8 (64 tokens); the bundle's own default is 224 px at patch 16
     "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 1200, {"resolutions": [64]},
                                               {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
-    "duke_breast_mri_classification": ("duke", 60, {}, {}),
+    "duke_breast_mri_classification": ("duke", 922, {"workers": 2}, {}),  # the real DUKE size
     "apf_unetr_btcv_segmentation": ("btcv", 24, {}, {}),
     "apf_unetr_paip_segmentation": ("paip", 12, {}, {}),
 }
@@ -97,10 +98,14 @@ def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0) -> di
     module = importlib.import_module(f"monai_ext.data.{dataset}")
     raw, prepared = root / "data" / "raw", root / "data" / "prepared"
     t0 = time.perf_counter()
-    if not (raw / ".synth_complete").exists():
+    marker, stamp = raw / ".synth_complete", f"{cases} cases, seed {seed}\n"
+    if not marker.exists() or marker.read_text() != stamp:  # absent, interrupted, or another size / seed
         logger.info("[1/4] synthesizing %d %s cases into %s", cases, dataset, raw)
+        for stale in (raw, prepared):  # prepared files of other synthetic data must not be reused
+            if stale.exists():
+                shutil.rmtree(stale)
         module.synthesize(raw, cases=cases, seed=seed)
-        (raw / ".synth_complete").write_text(f"{cases} cases, seed {seed}\n")
+        marker.write_text(stamp)
     else:
         logger.info("[1/4] synthetic data already in %s", raw)
     logger.info("[2/4] preparing into %s", prepared)

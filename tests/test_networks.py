@@ -99,6 +99,26 @@ def test_vit_pooling_against_tokens(pooling):
         ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, classification=True, pooling="sum", **TINY)
 
 
+def test_vit_layer_scale():
+    """``layer_scale``: each residual branch times a learnable per-channel factor; with a tiny factor a
+    block is close to the identity, with 1.0 it equals the plain block; bad values are refused."""
+    torch.manual_seed(0)
+    plain = ViT(1, (32, 32), 8, num_layers=2, spatial_dims=2, **TINY).eval()
+    one = ViT(1, (32, 32), 8, num_layers=2, spatial_dims=2, layer_scale=1.0, **TINY).eval()
+    report = transfer_weights(one, plain.state_dict())
+    assert sorted(report.new) == [f"blocks.{i}.ls{j}.gamma" for i in range(2) for j in (1, 2)]
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(one(x), plain(x))
+        tiny = ViT(1, (32, 32), 8, num_layers=2, spatial_dims=2, layer_scale=1e-6, **TINY).eval()
+        emb = tiny.patch_embedding(x)
+        tokens, _ = tiny.forward_features(x)
+        torch.testing.assert_close(tokens, tiny.norm(emb), atol=1e-4, rtol=1e-4)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="layer_scale"):
+            ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, layer_scale=bad, **TINY)
+
+
 def test_vit_bad_input_shape():
     m = ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, **TINY)
     with pytest.raises(ValueError, match="expected input"):

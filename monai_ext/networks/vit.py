@@ -77,12 +77,24 @@ def check_patch_grid(img_size: Sequence[int] | int, patch_size: Sequence[int] | 
     return img, patch
 
 
+class LayerScale(nn.Module):
+    """Learnable per-channel scale of a residual branch (CaiT), initialised to ``init``. ``(..., C)``."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + Attn(LN(x), mask)``, then ``x + MLP(LN(x))``. ``(B, N, C) -> (B, N, C)``."""
+    """Pre-norm block: ``x + Attn(LN(x), mask)``, then ``x + MLP(LN(x))``. ``(B, N, C) -> (B, N, C)``.
+    With ``layer_scale``, each branch is multiplied by a learnable per-channel scale starting there."""
 
     def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float = 0.0,
                  qkv_bias: bool = False, attention: str = "softmax_free", dim_head: Optional[int] = None,
-                 attention_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                 attention_kwargs: Optional[Mapping[str, Any]] = None, layer_scale: Optional[float] = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size)
         self.attn = build_attention(attention, hidden_size=hidden_size, num_heads=num_heads,
@@ -90,10 +102,12 @@ class TransformerBlock(nn.Module):
                                     **dict(attention_kwargs or {}))
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = MLPBlock(hidden_size, mlp_dim, dropout_rate)
+        self.ls1: nn.Module = LayerScale(hidden_size, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2: nn.Module = LayerScale(hidden_size, layer_scale) if layer_scale is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x), mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
@@ -119,6 +133,9 @@ class ViT(nn.Module):
             tokens (``"mean"``, often better when training from scratch on small data) or their
             feature-wise maximum (``"max"``: a finding anywhere in the image, e.g. a small lesion, is
             not averaged away over thousands of tokens).
+        layer_scale: if set, every residual branch is scaled by a learnable per-channel factor
+            initialised to this value (CaiT's LayerScale, e.g. ``1e-2``); each block then starts
+            near the identity, which helps small data (see the DUKE bundle's README).
 
     Shapes:
         ``x``: ``(B, in_channels, *img_size)``; ``mask``: optional ``(B, N)`` bool over the
@@ -132,9 +149,11 @@ class ViT(nn.Module):
                  spatial_dims: int = 3, classification: bool = False, num_classes: int = 2,
                  dropout_rate: float = 0.0, qkv_bias: bool = False, attention: str = "softmax_free",
                  dim_head: Optional[int] = None, attention_kwargs: Optional[Mapping[str, Any]] = None,
-                 pooling: str = "cls") -> None:
+                 pooling: str = "cls", layer_scale: Optional[float] = None) -> None:
         super().__init__()
         check_attention_name(attention)
+        if layer_scale is not None and not layer_scale > 0:
+            raise ValueError(f"layer_scale must be a positive number or None, got {layer_scale!r}")
         if pooling not in ("cls", "mean", "max"):
             raise ValueError(f"pooling must be 'cls', 'mean' or 'max', got {pooling!r}")
         self.pooling = pooling
@@ -162,7 +181,7 @@ class ViT(nn.Module):
         )
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, attention, dim_head,
-                             attention_kwargs)
+                             attention_kwargs, layer_scale)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
