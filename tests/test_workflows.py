@@ -104,3 +104,44 @@ def test_prepare_apf_batch_passes_mask():
     image, label, args, kwargs = PrepareAPFBatch()(batch, "cpu")
     assert set(kwargs) == {"mask"} and args == ()
     assert kwargs["mask"].dtype == torch.bool and kwargs["mask"].tolist() == [[True, False], [True, True]]
+
+
+def _tiny_trainer(ckpt_dir, resume=False, epochs=2):
+    from monai.engines import SupervisedTrainer
+
+    from monai_ext.workflows import ResumableCheckpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = [{"image": torch.randn(2, 4), "label": torch.tensor([0, 1])} for _ in range(3)]
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net,
+                                optimizer=opt, loss_function=torch.nn.CrossEntropyLoss())
+    ResumableCheckpoint(ckpt_dir, {"network": net, "optimizer": opt}, resume=resume).attach(trainer)
+    return trainer, net
+
+
+def test_resumable_checkpoint_saves_and_resumes(tmp_path):
+    trainer, net = _tiny_trainer(tmp_path)
+    trainer.run()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["checkpoint_epoch=2.pt"]  # newest only, nothing left over
+    trainer2, net2 = _tiny_trainer(tmp_path, resume=True, epochs=3)
+    trainer2.run()
+    assert trainer2.state.epoch == 3 and trainer2.state.iteration == 9  # went on from epoch 2
+
+
+def test_resumable_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A process dying while a checkpoint is written must not leave a truncated ``checkpoint_epoch=N.pt``
+    that a later ``--resume`` would pick (simulated: torch.save writes part of the file, then fails)."""
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save({"partial": torch.zeros(10)}, f)
+        raise KeyboardInterrupt("killed while writing")
+
+    trainer, _ = _tiny_trainer(tmp_path, epochs=1)
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert not list(tmp_path.glob("checkpoint_epoch=*.pt"))

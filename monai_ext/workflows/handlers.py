@@ -39,8 +39,8 @@ class ResumableCheckpoint:
     The saved objects are ``objects`` (network, optimizer, scheduler, ...) plus the trainer itself
     (epoch and iteration), added when the handler is attached, so the config needs no reference
     from a trainer handler back to the trainer. Files are MONAI ``CheckpointSaver``'s
-    ``checkpoint_epoch=N.pt``; only the newest ``n_saved`` are kept. A training killed mid-epoch
-    restarts from the last finished epoch. Without a checkpoint in ``ckpt_dir``, ``resume`` logs
+    ``checkpoint_epoch=N.pt``, written atomically; only the newest ``n_saved`` are kept. A training
+    killed at any moment, even while a checkpoint is written, restarts from the last finished epoch. Without a checkpoint in ``ckpt_dir``, ``resume`` logs
     that and starts from scratch.
     """
 
@@ -55,7 +55,8 @@ class ResumableCheckpoint:
         self.map_location = map_location if map_location is not None else ("cuda" if torch.cuda.is_available() else "cpu")
 
     def attach(self, engine) -> None:
-        from monai.handlers import CheckpointSaver
+        from ignite.engine import Events
+        from ignite.handlers import Checkpoint, DiskSaver
 
         objects = {**self.objects, "trainer": engine}
         if self.resume:
@@ -66,9 +67,13 @@ class ResumableCheckpoint:
             else:
                 logger.info("resuming from %s", path)
                 CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
-        # ignite names multi-object checkpoints "checkpoint_epoch=N.pt" (prefix "" keeps it so)
-        CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=objects, file_prefix="",
-                        save_interval=self.save_interval, epoch_level=True, n_saved=self.n_saved).attach(engine)
+        # ignite names multi-object checkpoints "checkpoint_epoch=N.pt" (prefix "" keeps it so). Written
+        # atomically (temporary file, then rename): MONAI's CheckpointSaver writes in place, so a kill
+        # during the write left a listed but truncated checkpoint that could not be resumed from.
+        saver = Checkpoint(objects, DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True),
+                           filename_prefix="", score_function=lambda e: e.state.epoch, score_name="epoch",
+                           n_saved=self.n_saved)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), saver)
 
 
 class ProgressBar(_IgniteProgressBar):
