@@ -114,7 +114,7 @@ def test_vit_layer_scale():
         emb = tiny.patch_embedding(x)
         tokens, _ = tiny.forward_features(x)
         torch.testing.assert_close(tokens, tiny.norm(emb), atol=1e-4, rtol=1e-4)
-    for bad in (0.0, -1.0):
+    for bad in (0.0, -1.0, "null", True):  # "null": a bundle command-line value that is not None
         with pytest.raises(ValueError, match="layer_scale"):
             ViT(1, (32, 32), 8, num_layers=1, spatial_dims=2, layer_scale=bad, **TINY)
 

@@ -152,7 +152,8 @@ class ViT(nn.Module):
                  pooling: str = "cls", layer_scale: Optional[float] = None) -> None:
         super().__init__()
         check_attention_name(attention)
-        if layer_scale is not None and not layer_scale > 0:
+        if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float))
+                                        or not layer_scale > 0):
             raise ValueError(f"layer_scale must be a positive number or None, got {layer_scale!r}")
         if pooling not in ("cls", "mean", "max"):
             raise ValueError(f"pooling must be 'cls', 'mean' or 'max', got {pooling!r}")
