@@ -38,10 +38,10 @@ class ResumableCheckpoint:
 
     The saved objects are ``objects`` (network, optimizer, scheduler, ...) plus the trainer itself
     (epoch and iteration), added when the handler is attached, so the config needs no reference
-    from a trainer handler back to the trainer. Files are MONAI ``CheckpointSaver``'s
-    ``checkpoint_epoch=N.pt``, written atomically; only the newest ``n_saved`` are kept. A training
-    killed at any moment, even while a checkpoint is written, restarts from the last finished epoch. Without a checkpoint in ``ckpt_dir``, ``resume`` logs
-    that and starts from scratch.
+    from a trainer handler back to the trainer. Files are ignite's ``checkpoint_epoch=N.pt``, written
+    atomically (rank 0 only under DDP); only the newest ``n_saved`` are kept. A training killed at any
+    moment, even while a checkpoint is written, restarts from the last finished epoch. Without a
+    checkpoint in ``ckpt_dir``, ``resume`` logs that and starts from scratch.
     """
 
     def __init__(self, ckpt_dir: str | Path, objects: Mapping[str, Any], resume: bool = False,
