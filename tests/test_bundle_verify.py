@@ -89,6 +89,30 @@ def test_verify_metadata(bundle, monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_builds_the_trained_network(bundle):
+    """inference.yaml repeats the network of train.yaml (a bundle's inference config stands alone):
+    every preset must build the same architecture from both, or a trained checkpoint would not load."""
+    parsers = {}
+    for name in ("train.yaml", "inference.yaml"):
+        parsers[name] = ConfigParser()
+        parsers[name].read_config(str(ROOT / "bundles" / bundle / "configs" / name))
+    train, infer = parsers["train.yaml"], parsers["inference.yaml"]
+    assert train.get("presets") == infer.get("presets")
+    assert train.get("network_def") == infer.get("network_def")
+    for key in ("preset", "image_size"):
+        if train.get(key) is not None:
+            assert train.get(key) == infer.get(key), key
+    # the tiny preset (same keys as cpu) builds equal state-dict shapes from both configs
+    shapes = []
+    for parser in (train, infer):
+        for k, v in tiny_overrides(bundle).items():
+            parser[k] = v
+        net = parser.get_parsed_content("network_def")
+        shapes.append({k: tuple(t.shape) for k, t in net.state_dict().items()})
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_net_in_out(bundle):
     bt.check_net_in_out(bundle, tiny_overrides(bundle))  # MONAI's verify_net_in_out, net id network_def
 
