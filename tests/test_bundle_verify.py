@@ -203,7 +203,7 @@ def test_checkpoint_from_another_bundle(tmp_path):
     ckpt = tmp_path / "duke.pt"
     torch.save({"model": network(duke, tiny_overrides(duke)).state_dict()}, ckpt)  # nested, as CheckpointSaver
     with pytest.raises(bt.BundleError, match=rf"duke.pt: not a checkpoint of bundle '{vindr}'.*another shape"
-                                             r".*patch_embedding.patch_embeddings.weight: checkpoint \(32, 1, 16, 16, 4\)"
+                                             r".*patch_embedding.patch_embeddings.weight: checkpoint \(32, 1, 8, 8, 4\)"
                                              r" vs network \(32, 1, 16, 16\)"):
         bt.check_checkpoint(vindr, ckpt, over)
     with pytest.raises(bt.BundleError, match="not a checkpoint of bundle"):
