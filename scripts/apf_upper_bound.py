@@ -1,7 +1,7 @@
 """APF mask upper bound: Dice(GT, unpatch(patch(GT))) for APF vs uniform patching at the
 same token count, on real images (issue 3, "Must show").
 
-- ``cmu_small_region.svs`` (real Aperio H&E, CC0; ``shared/data``): level 0 padded to a square
+- ``cmu_small_region.svs`` (real Aperio H&E, CC0; committed at ``tests/data``): level 0 padded to a square
   with the background colour (median of the border pixels), down-scaled (area) to
   ``side x side``; tissue mask = Otsu threshold of the HSV saturation; APF edges = Canny
   100/200 after a 3 x 3 Gaussian blur.
@@ -27,7 +27,7 @@ from monai_ext.transforms import plan_quadtree, upper_bound_dice
 
 logger = logging.getLogger("apf_upper_bound")
 
-DEFAULT_SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmu_small_region.svs"
+DEFAULT_SVS = Path(__file__).resolve().parents[1] / "tests" / "data" / "cmu_small_region.svs"  # committed copy
 
 
 def read_svs_level0(path: str | Path) -> np.ndarray:
