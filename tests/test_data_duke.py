@@ -276,7 +276,7 @@ def test_laterality_and_orientation(tmp_path):
 
 def test_dicom_readers_on_real_ct(tmp_path):
     """pydicom's CT_small.dcm through both MONAI readers, against pydicom's own decoding."""
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom  # core dependency
     src = pydicom.data.get_testdata_file("CT_small.dcm")
     (tmp_path / "ct").mkdir()
     shutil.copy(src, tmp_path / "ct" / "CT_small.dcm")

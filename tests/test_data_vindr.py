@@ -36,7 +36,7 @@ def _rg1_path() -> Path:
     except TypeError:  # pydicom 2.x has no download switch; do not risk a download
         path = None
     if not path:
-        pytest.skip("pydicom-data (test extra) is not installed")
+        pytest.fail("pydicom-data (test extra) is not installed: run scripts/setup.sh test")
     return Path(path)
 
 
