@@ -90,6 +90,73 @@ def test_calibration_against_naive_binning():
     assert cal["brier"] == pytest.approx(np.mean((s - y) ** 2))
 
 
+def _plain_percentiles(values: list[float], level: float) -> tuple[float, float]:
+    a = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [a, 100 - a])
+    return float(lo), float(hi)
+
+
+def _plain_stratified_resamples(y: np.ndarray, n_samples: int, seed: int) -> list[np.ndarray]:
+    """The documented resampling (``default_rng(seed)``; all positive draws, then all negative draws)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    ip = rng.integers(0, pos.size, size=(n_samples, pos.size))
+    ineg = rng.integers(0, neg.size, size=(n_samples, neg.size))
+    return [np.r_[pos[a], neg[b]] for a, b in zip(ip, ineg)]
+
+
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_classification_ci_equals_plain_bootstrap_loop(level):
+    """AUROC, sensitivity and specificity CIs = ``np.percentile`` over scikit-learn on the same resamples."""
+    from sklearn.metrics import recall_score, roc_auc_score
+
+    recs = _binary_records(70, 11)
+    y = np.array([r["label"] for r in recs])
+    s = np.array([r["probability"] for r in recs])
+    m, _ = classification_summary(recs, n_bootstrap=300, seed=4, ci_level=level)
+    assert m["bootstrap"]["ci_level"] == level
+    rows = _plain_stratified_resamples(y, 300, 4)
+    for row in rows:  # stratified: every resample keeps the class counts
+        assert int(y[row].sum()) == int(y.sum())
+    aucs = [roc_auc_score(y[r], s[r]) for r in rows]
+    lo, hi = _plain_percentiles(aucs, level)
+    assert (m["auroc"]["ci_low"], m["auroc"]["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    p = m["operating_points"]["default"]
+    for name, pos_label in (("sensitivity", 1), ("specificity", 0)):
+        vals = [recall_score(y[r], (s[r] >= 0.5).astype(int), pos_label=pos_label) for r in rows]
+        lo, hi = _plain_percentiles(vals, level)
+        assert (p[name]["ci_low"], p[name]["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+
+
+def test_segmentation_ci_equals_plain_bootstrap_loop():
+    """Dice CIs (per class, MONAI mean, mean over classes) = ``np.percentile`` over a plain loop on the same
+    case resamples (``default_rng(seed).integers``), NaN (class absent) left out as MONAI does."""
+    from monai_ext.reports import segmentation_summary
+
+    rng = np.random.default_rng(2)
+    dice = rng.uniform(0.2, 0.95, size=(12, 3))
+    dice[rng.random((12, 3)) < 0.2] = np.nan
+    dice[0] = [0.5, np.nan, 0.7]  # a NaN in class b whatever the draw
+    recs = [{"case_id": f"k{i:02d}", "dice": d.tolist()} for i, d in enumerate(dice)]
+    m, _ = segmentation_summary(recs, ["a", "b", "c"], n_bootstrap=250, seed=6)
+    rows = np.random.default_rng(6).integers(0, 12, size=(250, 12))
+    for c, name in enumerate("abc"):
+        col = dice[:, c]
+        vals = [np.mean(col[r][~np.isnan(col[r])]) for r in rows]
+        lo, hi = _plain_percentiles(vals, 0.95)
+        got = m["dice"]["per_class"][name]
+        assert got["value"] == pytest.approx(np.mean(col[~np.isnan(col)]), abs=1e-12)
+        assert got["n_cases"] == int(np.sum(~np.isnan(col)))
+        assert (got["ci_low"], got["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    case_means = [np.mean([np.mean(d[~np.isnan(d)]) for d in dice[r]]) for r in rows]  # MONAI's MEAN reduction
+    lo, hi = _plain_percentiles(case_means, 0.95)
+    assert (m["dice"]["mean"]["ci_low"], m["dice"]["mean"]["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    macro = [np.mean([np.mean(dice[r, c][~np.isnan(dice[r, c])]) for c in range(3)]) for r in rows]
+    lo, hi = _plain_percentiles(macro, 0.95)
+    got = m["dice"]["mean_over_classes"]
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
 def test_metrics_json_byte_identical_and_order_free(tmp_path):
     recs = _binary_records(80, 7)
     val = _binary_records(30, 8, prefix="v")
