@@ -157,3 +157,59 @@ def test_softmax_free_scales_linearly():
     mem_ratio, time_ratio = mem_big / mem_small, t_big / t_small
     assert mem_ratio < 12, f"activation memory grew {mem_ratio:.1f}x for 8x tokens"
     assert time_ratio < 24, f"time grew {time_ratio:.1f}x for 8x tokens"
+
+
+# ------------------------------------------------------------------ complexity: FLOPs counted, not timed
+LINEAR = ["softmax_free", "sima"]
+
+
+def _flops(name: str, n: int, hidden: int, heads: int, mask: bool, backward: bool = False) -> int:
+    """Matmul FLOPs of one forward (and backward) pass, counted by torch on the meta device (no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attn = build_attention(name, hidden_size=hidden, num_heads=heads).to("meta").train(backward)
+    x = torch.empty(2, n, hidden, device="meta", requires_grad=backward)
+    m = torch.ones(2, n, dtype=torch.bool, device="meta") if mask else None
+    with FlopCounterMode(display=False) as counter:
+        y = attn(x, m)
+        if backward:
+            y.sum().backward()
+    return counter.get_total_flops()
+
+
+def _costs(n: int, hidden: int, heads: int, batch: int = 2) -> tuple[int, int, int]:
+    """Forward FLOPs of the projections (qkv + out), of ``Q (K^T V)`` and of ``(Q K^T) V``."""
+    d = hidden // heads
+    proj = 2 * batch * n * hidden * 4 * hidden
+    return proj, 4 * batch * heads * n * d * d, 4 * batch * heads * n * n * d
+
+
+@pytest.mark.parametrize("name", LINEAR)
+@pytest.mark.parametrize("mask", [False, True])
+def test_linear_attention_flops_grow_linearly_for_many_tokens(name, mask):
+    """N >> d: cost of ``Q (K^T V)``; 8x the tokens, 8x the FLOPs (forward and backward). A quadratic
+    order ((Q K^T) V, or an N x N attention map) costs 64x and fails here."""
+    hidden, heads = 64, 4  # d = 16
+    for n in (1024, 8192):
+        proj, linear, _quadratic = _costs(n, hidden, heads)
+        assert _flops(name, n, hidden, heads, mask) <= 1.02 * (proj + linear), (name, n)
+    fwd = [_flops(name, n, hidden, heads, mask) for n in (1024, 8192)]
+    both = [_flops(name, n, hidden, heads, mask, backward=True) for n in (1024, 8192)]
+    assert fwd[1] / fwd[0] <= 8.1 and both[1] / both[0] <= 8.1, (fwd, both)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_sima_takes_the_cheaper_order_for_few_tokens(mask):
+    """N << d: SimA computes ``(Q K^T) V`` (N^2 d), cheaper than ``Q (K^T V)`` (N d^2); softmax-free attention
+    never costs more than its linear order."""
+    hidden, heads, n = 256, 2, 8  # d = 128
+    proj, linear, quadratic = _costs(n, hidden, heads)
+    assert quadratic < linear
+    assert _flops("sima", n, hidden, heads, mask) <= 1.02 * (proj + quadratic)
+    assert _flops("softmax_free", n, hidden, heads, mask) <= 1.02 * (proj + linear)
+
+
+def test_softmax_flops_quadratic_reference():
+    """The counter sees the N x N work of exact attention (so the linear tests above can fail)."""
+    proj, _, quadratic = _costs(2048, 64, 4)
+    assert _flops("softmax", 2048, 64, 4, mask=False) >= proj + quadratic
