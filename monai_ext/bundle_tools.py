@@ -37,6 +37,13 @@ from typing import Any
 import torch
 import yaml
 
+from monai_ext.utils.checkpoint import (
+    CKPT_KEYS,
+    CheckpointError,
+    compare_state_dict,
+    load_state_dict,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -77,8 +84,6 @@ NET_ID = "network_def"
 INFERENCE_CONFIG = "inference.yaml"
 TS_ATOL = 1e-4
 ONNX_ATOL = 1e-3
-#: keys under which MONAI / Ignite checkpoints nest the network weights
-CKPT_KEYS = ("model", "network", "state_dict", "net")
 #: what a packaged bundle / MONAI Label app copies from the bundle folder (data, models, eval, logs stay)
 BUNDLE_CONTENT = ("configs", "docs", "LICENSE")
 #: what a model-zoo package must hold from the bundle folder
@@ -252,22 +257,15 @@ def check_net_in_out(bundle: str | Path, overrides: Mapping[str, Any] | None = N
 # ----------------------------------------------------------------------------------------- checkpoints
 def load_checkpoint_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     """The network weights of a MONAI checkpoint: a plain state dict or one nested under
-    ``model``/``network``/``state_dict``/``net`` (CheckpointSaver layouts), ``module.`` prefixes removed."""
+    ``model``/``network``/``state_dict``/``net`` (CheckpointSaver layouts), ``module.`` prefixes removed.
+    Read with the package's one loader (``weights_only=True``: a pickled object is refused, never run)."""
     path = Path(ckpt)
     if not path.is_file():
         raise BundleError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise BundleError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(state, Mapping):
-        for key in CKPT_KEYS:
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise BundleError(f"{path}: no state dict of tensors found (top-level keys: {list(state)[:8] if isinstance(state, Mapping) else type(state).__name__})")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        return load_state_dict(path, CKPT_KEYS)
+    except CheckpointError as e:
+        raise BundleError(str(e)) from None
 
 
 def check_checkpoint(bundle: str | Path, ckpt: str | Path, overrides: Mapping[str, Any] | None = None,
@@ -280,11 +278,8 @@ def check_checkpoint(bundle: str | Path, ckpt: str | Path, overrides: Mapping[st
     root = resolve_bundle(bundle)
     net = _network(root, overrides) if net is None else net
     state = load_checkpoint_state(ckpt)
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    diff = compare_state_dict(state, net.state_dict())
+    missing, unexpected, shapes = diff.missing, diff.unexpected, diff.shapes
     if missing or unexpected or shapes:
         def few(items: list[str]) -> str:
             return ", ".join(items[:3]) + (f", ... ({len(items)} in all)" if len(items) > 3 else "")

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monai_ext.bench.cli",
     "monai_ext.reports.cli",
     "monai_ext.bundle_tools",
+    "monai_ext.utils.cli",
 )
 
 

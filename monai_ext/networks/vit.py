@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from monai.networks.blocks import MLPBlock, PatchEmbeddingBlock
 from torch import nn
+
+from monai_ext.utils.checkpoint import (  # one checkpoint loader (weights only)
+    TransferReport,
+    transfer_weights,
+)
 
 from .attention import build_attention, check_attention_name
 
@@ -237,60 +241,3 @@ class ViT(nn.Module):
                 return self.classification_head(patches.amax(dim=1))
             return self.classification_head(tokens[:, 0])
         return tokens
-
-
-@dataclass
-class TransferReport:
-    """What :func:`transfer_weights` did, by parameter name."""
-
-    copied: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: kept at init
-    unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    mismatched: list[str] = field(default_factory=list)  # same name, other shape: kept at init
-
-    def summary(self) -> str:
-        return (f"copied {len(self.copied)} tensors, initialized {len(self.new)} new "
-                f"({', '.join(sorted({n.rsplit('.', 1)[-1] for n in self.new})) or 'none'}), "
-                f"{len(self.unused)} unused, {len(self.mismatched)} shape-mismatched")
-
-
-def transfer_weights(model: nn.Module, checkpoint: Mapping[str, torch.Tensor] | str, strict_shapes: bool = True
-                     ) -> TransferReport:
-    """Load a trained network's weights into ``model`` wherever names and shapes agree.
-
-    The softmax-free paper's fine-tuning (Sec. 3.4): a checkpoint of a softmax ViT loaded into a
-    softmax-free ViT copies every shared weight (embedding, qkv/out projections, MLPs, norms, head)
-    and leaves the sequence-normalization ``gamma``/``beta`` at their initialization (1 / 0).
-
-    Args:
-        model: target network.
-        checkpoint: a state dict, a path to one, or a MONAI/ignite checkpoint dict holding it under
-            ``"network"``/``"model"``/``"state_dict"``.
-        strict_shapes: raise if a shared name has a different shape (else skip it and report).
-    """
-    if isinstance(checkpoint, str):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for key in ("network", "model", "state_dict"):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            checkpoint = checkpoint[key]
-            break
-    # accept DDP / torch.compile prefixes
-    src = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in checkpoint.items()}
-    target = model.state_dict()
-    report = TransferReport()
-    update: dict[str, torch.Tensor] = {}
-    for name, tensor in target.items():
-        if name not in src:
-            report.new.append(name)
-        elif src[name].shape != tensor.shape:
-            if strict_shapes:
-                raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(src[name].shape)}, "
-                                 f"the network expects {tuple(tensor.shape)}")
-            report.mismatched.append(name)
-        else:
-            update[name] = src[name]
-            report.copied.append(name)
-    report.unused = sorted(set(src) - set(target))
-    model.load_state_dict(update, strict=False)
-    logger.info("transfer_weights: %s", report.summary())
-    return report

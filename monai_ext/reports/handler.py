@@ -57,6 +57,11 @@ from typing import Any
 import numpy as np
 import torch
 
+# the package's one checkpoint loader (weights only); CheckpointMismatchError is re-exported from here
+from monai_ext.utils.checkpoint import (CheckpointError, CheckpointMismatchError, compare_state_dict,
+                                        load_checkpoint, state_dict_of)
+from monai_ext.utils.checkpoint import unwrap as _unwrap
+
 from .provenance import (command_line, device_info, file_record, git_info, package_versions, resolve_config,
                          sha256_json)
 from .writer import write_report
@@ -68,9 +73,6 @@ __all__ = ["EvaluationReport", "check_checkpoint", "case_id_of", "CheckpointMism
 _SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".npy", ".npz",
              ".nrrd", ".mha", ".mhd", ".svs")
 
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint cannot be loaded into the network (keys or shapes differ)."""
 
 
 def case_id_of(meta_source: Any) -> str | None:
@@ -92,12 +94,6 @@ def case_id_of(meta_source: Any) -> str | None:
     return name
 
 
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    while isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        network = network.module
-    return network
-
-
 def check_checkpoint(path: str | os.PathLike, network: torch.nn.Module, key: str | None = "model",
                      max_listed: int = 5) -> None:
     """Raise a clear error unless the checkpoint at ``path`` loads into ``network`` with ``strict=True``.
@@ -110,24 +106,16 @@ def check_checkpoint(path: str | os.PathLike, network: torch.nn.Module, key: str
         raise FileNotFoundError(f"checkpoint {p} not found: train the bundle first or point ckpt_dir / "
                                 f"ckpt_path at the trained model")
     try:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # older checkpoints with pickled non-tensor objects
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointMismatchError(f"checkpoint {p} cannot be read by torch.load: {e}") from None
-    state = obj
-    if isinstance(obj, Mapping) and key is not None and isinstance(obj.get(key), Mapping):
-        state = obj[key]
-    if not isinstance(state, Mapping):
-        raise CheckpointMismatchError(f"checkpoint {p} holds a {type(state).__name__}, not a state dict")
+        # weights_only=True, never a fallback: a checkpoint is untrusted input (docs/security.md)
+        state = state_dict_of(load_checkpoint(p), p, keys=(key,) if key else (),
+                              strip_prefixes=False)  # MONAI's CheckpointLoader does not strip prefixes either
+    except CheckpointMismatchError:
+        raise
+    except CheckpointError as e:
+        raise CheckpointMismatchError(str(e)) from None
     net = _unwrap(network)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}"
-              for k, v in expected.items()
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    diff = compare_state_dict(state, net.state_dict())
+    missing, unexpected, shapes = diff.missing, diff.unexpected, diff.shapes
     if not (missing or unexpected or shapes):
         return
     parts = []
