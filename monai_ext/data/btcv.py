@@ -41,7 +41,15 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from monai_ext.data.common import DataError, SkipLog, grouped_split, write_datalist
+from monai_ext.data.common import (
+    DataError,
+    SkipLog,
+    check_image_content,
+    data_origin,
+    grouped_split,
+    write_datalist,
+    write_synthetic_marker,
+)
 from monai_ext.data.runner import check_settings, run_cases
 
 logger = logging.getLogger(__name__)
@@ -74,6 +82,10 @@ TEST_IDS: tuple[int, ...] = tuple(range(61, 81))
 DATASET_JSON = "dataset_0.json"
 DEFAULT_SIZE = (64, 64, -1)
 DEFAULT_SYNTH_SIZE = (64, 64, 24)
+#: splits a usable prepared BTCV folder needs (``test`` holds unlabelled CT only) and its classes (none:
+#: segmentation); checked by ``monai-ext prepare`` (:func:`monai_ext.data.common.check_splits`)
+REQUIRED_SPLITS = ("training", "validation")
+CLASSES = None
 _CASE_RE = re.compile(r"(\d+)(?=\.nii(\.gz)?$)")
 
 
@@ -265,6 +277,7 @@ def _prepare_case(
         return entry
 
     image = read_volume(c.image)
+    check_image_content(image, c.image, "CT volume")
     label = None
     if c.label is not None:
         label = read_volume(c.label, dtype=None)
@@ -363,6 +376,7 @@ def prepare(
         labels={str(k): v for k, v in LABELS.items()},
         settings=settings,
         seed=seed,
+        data_origin=data_origin(raw),
     )
     return datalist
 
@@ -669,4 +683,5 @@ def synthesize(out: Path, cases: int = 12, seed: int = 0, size: Sequence[int] = 
             _save_nifti(label, affine, out / "labelsTr" / f"label{name}.nii.gz")
         else:
             _save_nifti(hu, affine, out / "imagesTs" / f"img{name}.nii.gz")
+    write_synthetic_marker(out, "btcv", cases, seed, size=[int(s) for s in size])
     logger.info("synthetic BTCV: %d labelled + %d test volumes of %s in %s", len(train_ids), len(test_ids), tuple(size), out)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import logging
 from pathlib import Path
+
+from monai_ext.data.common import SKIPPED_NAME, DataError, check_splits
+
+logger = logging.getLogger(__name__)
 
 #: dataset name -> module implementing synthesize / add_prepare_args / prepare
 DATASETS = {
@@ -58,7 +64,31 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def skipped_count(out: Path) -> int:
+    """Entries of ``out/skipped.json`` (0 when absent or unreadable)."""
+    try:
+        return len(json.loads((Path(out) / SKIPPED_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def prepare_checked(dataset: str, raw: Path, out: Path, **options) -> dict:
+    """``prepare`` of ``dataset``, then the split checks of that dataset (its ``REQUIRED_SPLITS`` and, for
+    classification, ``CLASSES``): raises :class:`monai_ext.data.common.PrepareError` when the result is
+    unusable (the datalist is still written, for inspection)."""
+    module = _module(dataset)
+    datalist = module.prepare(raw, out, **options)
+    check_splits(datalist, Path(out), getattr(module, "REQUIRED_SPLITS", ()), getattr(module, "CLASSES", None),
+                 n_skipped=skipped_count(out))
+    return datalist
+
+
 def _prepare(args: argparse.Namespace) -> int:
     opts = {k: v for k, v in vars(args).items() if k not in {"func", "command", "dataset", "raw", "out", "overwrite", "verbose"}}
-    _module(args.dataset).prepare(args.raw, args.out, overwrite=args.overwrite, **opts)
+    try:
+        prepare_checked(args.dataset, args.raw, args.out, overwrite=args.overwrite, **opts)
+    except (DataError, FileNotFoundError) as e:  # bad input: one line naming the file, no traceback
+        logger.debug("prepare failed", exc_info=True)
+        logger.error("prepare %s failed: %s", args.dataset, e)
+        return 1
     return 0

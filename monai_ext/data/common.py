@@ -134,3 +134,103 @@ def atomic_path(path: Path) -> Path:
     """A temporary sibling path to write to before renaming onto ``path`` (no half files)."""
     return path.with_name(f".{path.name}.partial{path.suffix}")
 
+
+
+# ----------------------------------------------------------------------------------------------
+# content checks shared by all datasets
+
+
+def check_image_content(array: Any, path: str | os.PathLike, what: str = "image") -> None:
+    """Raise :class:`DataError` naming ``path`` when ``array`` is empty, holds NaN / inf or is constant.
+
+    Used by every dataset on what it read, before anything is resampled or cast (an all-NaN CT cast to
+    int16 becomes an all-zero volume that looks valid)."""
+    a = np.asarray(array)
+    if a.size == 0:
+        raise DataError(path, f"{what} is empty (shape {tuple(a.shape)})")
+    if not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
+        n_bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if n_bad:
+            raise DataError(path, f"{what} holds {n_bad} non-finite value(s) (NaN or inf) of {a.size}")
+    lo, hi = a.min(), a.max()
+    if lo == hi:
+        raise DataError(path, f"{what} is constant (every value is {float(lo):g}): no content")
+
+
+# ----------------------------------------------------------------------------------------------
+# provenance of the raw data: synthetic or not
+
+SYNTHETIC_NAME = "SYNTHETIC.json"
+
+
+def write_synthetic_marker(out: Path, dataset: str, cases: int, seed: int, **settings: Any) -> Path:
+    """Mark ``out`` as synthetic data written by ``monai-ext synth`` (read by :func:`data_origin`)."""
+    path = Path(out) / SYNTHETIC_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"synthetic": True, "dataset": dataset, "cases": int(cases), "seed": int(seed),
+            "generator": f"monai_ext.data.{dataset}.synthesize", **settings,
+            "note": "synthetic data in the real on-disk layout; not patient data"}
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def data_origin(raw: Path) -> dict[str, Any]:
+    """What is known of the origin of the raw folder: ``{"synthetic": True, ...}`` from the marker
+    :func:`write_synthetic_marker` left, else ``{"synthetic": False}`` (no marker: real data as far as
+    monai_ext knows). Recorded by every ``prepare`` in its datalist under ``data_origin``."""
+    path = Path(raw) / SYNTHETIC_NAME
+    if not path.is_file():
+        return {"synthetic": False, "raw": str(raw), "note": f"no {SYNTHETIC_NAME} marker in the raw folder"}
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, f"synthetic-data marker is unreadable ({e})") from e
+    return {**body, "synthetic": True, "raw": str(raw)}
+
+
+# ----------------------------------------------------------------------------------------------
+# split checks
+
+
+class PrepareError(DataError):
+    """A prepared dataset is unusable as a whole (an empty split, a classification split with one class)."""
+
+
+def split_problems(
+    datalist: Mapping[str, Sequence[Mapping[str, Any]]],
+    required: Sequence[str] = SPLITS,
+    classes: Sequence[int] | None = None,
+    label_key: str = "label",
+) -> list[str]:
+    """Problems of the ``required`` splits: empty, or (with ``classes``, classification) missing a class."""
+    problems = []
+    for split in required:
+        items = list(datalist.get(split) or [])
+        if not items:
+            problems.append(f"split {split!r} is empty")
+            continue
+        if classes is not None:
+            present = {int(e[label_key]) for e in items if isinstance(e.get(label_key), (int, np.integer))}
+            missing = [c for c in classes if c not in present]
+            if missing:
+                problems.append(f"split {split!r} ({len(items)} cases) has no case of class {missing}")
+    return problems
+
+
+def check_splits(
+    datalist: Mapping[str, Sequence[Mapping[str, Any]]],
+    out_dir: Path,
+    required: Sequence[str] = SPLITS,
+    classes: Sequence[int] | None = None,
+    n_skipped: int | None = None,
+) -> None:
+    """Raise :class:`PrepareError` (one line, naming the datalist) when a required split is empty or a
+    classification split lacks a class."""
+    problems = split_problems(datalist, required, classes)
+    if problems:
+        skipped = f"; {n_skipped} case(s) skipped, reasons in {Path(out_dir) / SKIPPED_NAME}" if n_skipped else ""
+        counts = ", ".join(f"{s}={len(datalist.get(s) or [])}" for s in SPLITS)
+        raise PrepareError(Path(out_dir) / DATALIST_NAME,
+                           f"unusable: {'; '.join(problems)} ({counts}{skipped})")

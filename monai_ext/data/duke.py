@@ -54,8 +54,11 @@ from monai_ext.data.common import (
     DataError,
     SkipLog,
     atomic_path,
+    check_image_content,
+    data_origin,
     grouped_split,
     write_datalist,
+    write_synthetic_marker,
 )
 from monai_ext.data.dicom import (
     SeriesInfo,
@@ -81,6 +84,9 @@ PAPER_SIZE = (256, 256, 32)
 DEFAULT_OUT_SIZE = (64, 64, 16)
 #: training / validation / test proportions of the paper (834/208/260 of 1302 breasts)
 SPLIT_FRACTIONS = (834, 208, 260)
+#: splits a usable prepared DUKE folder needs and the classes each must hold (checked by ``monai-ext prepare``)
+REQUIRED_SPLITS = ("training", "validation", "test")
+CLASSES = (0, 1)
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -392,13 +398,22 @@ def _prepare_patient(case: dict[str, Any], settings: dict[str, Any]) -> dict[str
         raise
     pre = read_series(pre_s, reader=settings["reader"])
     post = read_series(post_s, reader=settings["reader"])
+    for series, volume in ((pre_s, pre), (post_s, post)):
+        check_image_content(volume, _series_where(series, case["dir"]), f"series {series.description!r}")
     proc = DukeSubtractionPreprocess(
         spacing=settings["spacing"], size=settings["size"], out_size=settings["out_size"], ap_crop=settings["ap_crop"]
     )
     halves = proc(pre, post)
     for side, img in halves.items():
+        check_image_content(img, case["dir"], f"{'left' if side == 'L' else 'right'} breast subtraction volume")
+    for side, img in halves.items():
         save_nifti(img, Path(case["outputs"][side]))
     return {"pre": pre_s.description, "post_1": post_s.description}
+
+
+def _series_where(series: SeriesInfo, fallback: str) -> str:
+    """The folder of a series (for messages), else ``fallback``."""
+    return str(getattr(series, "path", None) or fallback)
 
 
 def add_prepare_args(parser: argparse.ArgumentParser) -> None:
@@ -485,7 +500,8 @@ def prepare(
             datalist[assign[pid]].append(
                 {"image": f"images/{pid}_{side}.nii.gz", "label": labels[pid][side], "patient": pid, "side": side}
             )
-    write_datalist(out, datalist, dataset="duke", num_classes=2, settings=settings, seed=seed)
+    write_datalist(out, datalist, dataset="duke", num_classes=2, settings=settings, seed=seed,
+                   data_origin=data_origin(raw))
     skips.write(out)
     return datalist
 
@@ -655,6 +671,7 @@ def synthesize(out: Path, cases: int = 24, seed: int = 0) -> None:
         f"Synthetic DUKE-Breast-Cancer-MRI layout written by monai_ext (seed {seed}, {cases} patients).\n"
         "Not patient data. Prepare with: monai-ext prepare duke --raw THIS_FOLDER --out OUT\n"
     )
+    write_synthetic_marker(out, "duke", cases, seed)
 
 
 def _write_mr_series(

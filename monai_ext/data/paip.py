@@ -47,7 +47,16 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from monai_ext.data.common import DataError, SkipLog, atomic_path, grouped_split, write_datalist
+from monai_ext.data.common import (
+    DataError,
+    SkipLog,
+    atomic_path,
+    check_image_content,
+    data_origin,
+    grouped_split,
+    write_datalist,
+    write_synthetic_marker,
+)
 from monai_ext.data.runner import check_settings, run_cases
 
 logger = logging.getLogger(__name__)
@@ -57,6 +66,9 @@ DEFAULT_RESOLUTIONS = (512, 1024)
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
 MASK_SUFFIXES = {"whole": "_whole.tif", "viable": "_viable.tif"}
 WHITE = 255
+#: splits a usable prepared PAIP folder needs (segmentation: no class check); see ``monai-ext prepare``
+REQUIRED_SPLITS = ("training", "validation", "test")
+CLASSES = None
 Image.MAX_IMAGE_PIXELS = None  # slides are large by design; no decompression-bomb guard
 
 
@@ -321,6 +333,7 @@ def _prepare_case(c: _Case, out: Path, resolutions: list[int], level: int, backe
         lv = choose_level(slide, max(resolutions)) if level < 0 else level
         img = slide.read(lv)
         dy, dx = slide.downsample(lv)
+    check_image_content(img, c.svs, f"slide (pyramid level {lv})")
     images = square_image(img, (round(side / dy), round(side / dx)), resolutions)
     del img
     masks = {kind: square_masks(getattr(c, kind), side, resolutions) for kind in ("viable", "whole")}
@@ -413,7 +426,8 @@ def prepare(
             entry_all.update({f"{k}_{r}": v for k, v in rel.items()})
         combined[split_name].append(entry_all)
     skips.write(out)
-    meta = {"dataset": "paip", "labels": {"0": "background", "1": "viable tumour"}, "settings": settings, "seed": seed}
+    meta = {"dataset": "paip", "labels": {"0": "background", "1": "viable tumour"}, "settings": settings, "seed": seed,
+            "data_origin": data_origin(raw)}
     for r in res:
         write_datalist(out, per_res[r], filename=f"datalist_{r}.json", resolution=r, **meta)
     write_datalist(out, combined, resolutions=res, **meta)
@@ -611,4 +625,5 @@ def synthesize(out: Path, cases: int = 12, seed: int = 0, size: int = 2048) -> N
         write_svs(out / f"{case}.svs", rgb)
         write_mask(out / f"{case}_whole.tif", whole)
         write_mask(out / f"{case}_viable.tif", viable)
+    write_synthetic_marker(out, "paip", cases, seed, size=int(size))
     logger.info("synthetic PAIP: %d slides, level 0 width %d, in %s", cases, size, out)

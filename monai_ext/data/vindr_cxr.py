@@ -43,7 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from monai_ext.data.common import DataError, SkipLog, atomic_path, grouped_split, write_datalist
+from monai_ext.data.common import (
+    DataError,
+    SkipLog,
+    atomic_path,
+    check_image_content,
+    data_origin,
+    grouped_split,
+    write_datalist,
+    write_synthetic_marker,
+)
 from monai_ext.data.dicom import ds_decimal, make_uid, new_dataset, read_radiograph, set_pixels, write_dataset
 from monai_ext.data.runner import check_settings, run_cases
 
@@ -66,6 +75,11 @@ PAPER_SPLIT = (9000, 3000, 3000)
 FORMATS = {"png": ".png", "png16": ".png", "nifti": ".nii.gz"}
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+#: splits a usable prepared folder needs and the classes each must hold (checked by ``monai-ext prepare``)
+REQUIRED_SPLITS = ("training", "validation", "test")
+CLASSES = (0, 1)
+#: columns each label CSV must have besides the finding (the training CSV has one row per reader)
+REQUIRED_COLUMNS = {"train": ("image_id", "rad_id"), "test": ("image_id",)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,11 +98,14 @@ def consensus(votes: Sequence[int], rule: str = "majority") -> int:
     raise ValueError(f"unknown consensus rule {rule!r}; use 'majority' or 'any'")
 
 
-def read_labels(csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majority") -> tuple[dict[str, dict[str, int]], list[DataError]]:
+def read_labels(csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majority",
+                required: Sequence[str] = ("image_id",)) -> tuple[dict[str, dict[str, int]], list[DataError]]:
     """Per-image label from a VinDr label CSV: ``{image_id: {"label", "votes", "readers"}}``.
 
     Several rows of one image (one per reader) are combined by ``rule``; a single row is taken
     as is. Rows with a malformed id or value are returned as problems (naming the CSV and row).
+    Raises :class:`DataError` naming the CSV when a ``required`` column or the ``finding`` column is
+    missing or the file has no data rows.
     """
     import pandas as pd
 
@@ -98,9 +115,11 @@ def read_labels(csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majo
     except Exception as e:
         raise DataError(csv_path, f"cannot read label CSV ({type(e).__name__}: {e})") from e
     table.columns = [c.strip() for c in table.columns]
-    for col in ("image_id", finding):
+    for col in (*required, finding):
         if col not in table.columns:
-            raise DataError(csv_path, f"column {col!r} missing (columns: {list(table.columns)[:6]}...)")
+            raise DataError(csv_path, f"required column {col!r} missing (columns: {list(table.columns)[:6]}...)")
+    if table.empty:
+        raise DataError(csv_path, "label CSV has a header but no data rows")
     votes: dict[str, list[int]] = {}
     problems: list[DataError] = []
     for row_no, (image_id, value) in enumerate(zip(table["image_id"], table[finding]), start=2):
@@ -165,6 +184,7 @@ def save_image(image: np.ndarray, path: Path, fmt: str) -> None:
 def _prepare_image(case: dict[str, Any], fmt: str) -> dict[str, Any]:
     """Read one DICOM and write it at every resolution (worker function; see :func:`prepare`)."""
     image, meta = read_radiograph(Path(case["dicom"]))
+    check_image_content(image, case["dicom"], "radiograph")
     for res, path in case["outputs"].items():
         save_image(resize_square(image, int(res)), Path(path), fmt)
     return meta
@@ -223,7 +243,7 @@ def prepare(
             if group == "test":
                 logger.warning("no %s: official test images are not prepared", csv_path)
             continue
-        labels, problems = read_labels(csv_path, finding, rule)
+        labels, problems = read_labels(csv_path, finding, rule, required=REQUIRED_COLUMNS[group])
         for p in problems:
             skips.add(f"{csv_path.name} {p.problem.split(':')[0]}", p)
         if group == "test" and any(v["readers"] > 1 for v in labels.values()):
@@ -280,7 +300,9 @@ def prepare(
     meta = {
         "dataset": "vindr_cxr", "num_classes": 2, "finding": finding, "consensus": consensus,
         "split": split, "resolutions": resolutions, "settings": {"format": format}, "seed": seed,
+        "data_origin": data_origin(raw),
     }
+    out.mkdir(parents=True, exist_ok=True)  # also when no image could be prepared: the datalist says so
     for r in resolutions:  # one datalist per resolution: `image` is that resolution
         per_res = {k: [{**e, "image": e[f"image_{r}"]} for e in v] for k, v in datalist.items()}
         path = out / f"datalist_{r}.json"
@@ -450,3 +472,4 @@ def synthesize(out: Path, cases: int = 120, seed: int = 0) -> None:
         f"Synthetic VinDr-CXR layout written by monai_ext (seed {seed}, {cases} images). Not patient data.\n"
         "Prepare with: monai-ext prepare vindr_cxr --raw THIS_FOLDER --out OUT\n"
     )
+    write_synthetic_marker(out, "vindr_cxr", cases, seed)

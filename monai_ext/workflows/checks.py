@@ -80,13 +80,15 @@ def _label_values(path: Path) -> np.ndarray:
 def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                    splits: Sequence[str] = ("training", "validation"), image_key: str = "image",
                    label_key: str = "label", task: str = "classification", num_classes: int = 2,
-                   check_label_values: bool = True, max_problems: int = 20) -> dict[str, int]:
+                   check_label_values: bool = True, max_problems: int = 20,
+                   all_classes_in: Sequence[str] = ("training", "validation")) -> dict[str, int]:
     """Check a prepared dataset before training; raise :class:`DatasetError` listing the problems.
 
     Checks: ``dataset_dir`` exists and is not empty; the datalist exists and each split in ``splits``
     has entries; every referenced file exists; classification labels are integers in
-    ``[0, num_classes)``; segmentation labels have the image's spatial shape and values in
-    ``[0, num_classes)``. Returns the number of entries per split.
+    ``[0, num_classes)`` and every class occurs in the splits named in ``all_classes_in`` (a validation
+    split with one class gives an undefined AUROC, i.e. ``best metric nan``); segmentation labels have
+    the image's spatial shape and values in ``[0, num_classes)``. Returns the number of entries per split.
     """
     if task not in ("classification", "segmentation"):
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
@@ -102,6 +104,12 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
         counts[split] = len(items)
         if not items:
             problems.append(f"{root / datalist}: split {split!r} is empty")
+        elif task == "classification" and split in all_classes_in:
+            present = {int(it.get(label_key)) for it in items if isinstance(it.get(label_key), (int, np.integer))}
+            missing = [c for c in range(num_classes) if c not in present]
+            if missing and len(present) > 0:
+                problems.append(f"{root / datalist}: split {split!r} ({len(items)} cases) has no case of class "
+                                f"{missing}: its metric would be undefined (nan)")
         for i, item in enumerate(items):
             where = f"{root / datalist} [{split}][{i}]"
             img = item.get(image_key)
