@@ -12,11 +12,11 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,31 +85,166 @@ def bundles_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "bundles"
 
 
-def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0) -> dict:
-    """synth -> prepare -> train -> evaluate one bundle into ``bundles/<bundle>/{data,models,eval}``."""
+DEMO_MARKER = ".monai_ext_demo.json"
+
+
+class FolderNotOwned(RuntimeError):
+    """The demo was about to write into a folder holding files it did not create."""
+
+
+class DemoFolder:
+    """A folder the demo owns: its marker (:data:`DEMO_MARKER`) is written before any other file, and once
+    the folder is complete the marker lists every file the demo wrote there.
+
+    The demo writes, reuses or removes files only in such a folder and only the files it wrote itself
+    (the manifest; for an interrupted run without a manifest, the files written after its marker). A folder
+    with anything else in it is refused (:class:`FolderNotOwned`) and left as it is.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.marker = self.path / DEMO_MARKER
+
+    def files(self) -> list[str]:
+        """Every file (and link) below the folder except the marker, relative, sorted."""
+        if not self.path.is_dir():
+            return []
+        out = []
+        for p in self.path.rglob("*"):
+            if (p.is_file() or p.is_symlink()) and p != self.marker:
+                out.append(p.relative_to(self.path).as_posix())
+        return sorted(out)
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _owned(self, state: dict[str, Any]) -> set[str]:
+        listed = set(state.get("files", []))
+        if state.get("state") == "complete":
+            return listed
+        started = int(state.get("started_ns", 0))  # interrupted: also what was written after the marker
+        return listed | {f for f in self.files() if (self.path / f).lstat().st_mtime_ns >= started}
+
+    def check(self) -> None:
+        """Raise :class:`FolderNotOwned` unless the folder is absent, empty, or holds only demo files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise FolderNotOwned(f"{self.path} is a file, not a folder: the demo does not touch it")
+        present = self.files()
+        if not present:
+            return
+        state = self.state()
+        foreign = present if state is None else [f for f in present if f not in self._owned(state)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise FolderNotOwned(
+                f"{self.path} holds {len(foreign)} file(s) the demo did not create ({shown}); the demo writes "
+                f"synthetic data only into a folder it owns and changes nothing here: move your files elsewhere "
+                f"(e.g. real data to another --raw / --out folder), or delete the folder yourself if it only "
+                f"holds old demo data")
+
+    def claim(self, stamp: dict[str, Any]) -> bool:
+        """Take the folder for data described by ``stamp``: ``True`` when it already holds complete data for
+        that stamp (reuse); otherwise remove the demo's own stale files, write the marker, return ``False``."""
+        self.check()
+        state = self.state()
+        if state is not None and state.get("state") == "complete" and state.get("stamp") == stamp:
+            return True
+        if state is not None:
+            self._remove(self._owned(state))
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write({"owner": "monai-ext demo", "state": "writing", "stamp": stamp, "started_ns": time.time_ns()})
+        return False
+
+    def seal(self) -> None:
+        """Record every file now in the folder as written by the demo (called when the step finished)."""
+        state = self.state() or {}
+        self._write({**state, "state": "complete", "completed_ns": time.time_ns(), "files": self.files()})
+
+    def _write(self, body: dict[str, Any]) -> None:
+        tmp = self.marker.with_name(self.marker.name + ".partial")
+        tmp.write_text(json.dumps(body, indent=1) + "\n")
+        tmp.replace(self.marker)
+
+    def _remove(self, files: set[str]) -> None:
+        logger.info("removing %d file(s) of an earlier demo run from %s", len(files), self.path)
+        parents = set()
+        for f in sorted(files):
+            p = self.path / f
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+            parents.update(q for q in p.parents if self.path in q.parents)
+        for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):  # folders that are now empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+
+def move_aside(folder: Path, keep: str = "previous") -> Path | None:
+    """Move the contents of ``folder`` (except ``keep``) into ``folder/keep/<UTC time>/`` so that a new run
+    does not overwrite them; returns that folder (``None`` when there was nothing to move)."""
+    folder = Path(folder)
+    items = [p for p in folder.iterdir() if p.name != keep] if folder.is_dir() else []
+    if not items:
+        return None
+    dest = folder / keep / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+        n += 1
+    dest.mkdir(parents=True)
+    for p in items:
+        p.rename(dest / p.name)
+    logger.info("kept the previous contents of %s in %s", folder, dest)
+    return dest
+
+
+def demo_data(root: Path, dataset: str, cases: int, seed: int = 0, prep_opts: dict | None = None) -> Path:
+    """Synthesize and prepare ``dataset`` into ``root/data/raw`` and ``root/data/prepared``, folders the demo
+    owns (:class:`DemoFolder`); reuses both when complete for the same settings. Returns the prepared folder.
+
+    Raises :class:`FolderNotOwned` (before writing anything) when either folder holds other files, and
+    :class:`monai_ext.data.common.DataError` when the prepared data are unusable."""
     import importlib
 
+    from .data.cli import prepare_checked
+
+    prep_opts = dict(prep_opts or {})
+    raw, prepared = DemoFolder(root / "data" / "raw"), DemoFolder(root / "data" / "prepared")
+    raw.check()
+    prepared.check()
+    stamp = {"dataset": dataset, "cases": int(cases), "seed": int(seed)}
+    if raw.claim(stamp):
+        logger.info("[1/4] synthetic data already in %s", raw.path)
+    else:
+        logger.info("[1/4] synthesizing %d %s cases into %s", cases, dataset, raw.path)
+        importlib.import_module(f"monai_ext.data.{dataset}").synthesize(raw.path, cases=cases, seed=seed)
+        raw.seal()
+    # prepared files of other synthetic data must not be reused: the stamp names the raw data's generation
+    prep_stamp = {**stamp, "prepare": json.loads(json.dumps(prep_opts)),
+                  "raw_completed_ns": (raw.state() or {}).get("completed_ns")}
+    prepared.claim(prep_stamp)
+    logger.info("[2/4] preparing into %s", prepared.path)
+    prepared._write({**(prepared.state() or {}), "state": "writing", "started_ns": time.time_ns()})
+    prepare_checked(dataset, raw.path, prepared.path, **prep_opts)
+    prepared.seal()
+    return prepared.path
+
+
+def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0, root: Path | None = None) -> dict:
+    """synth -> prepare -> train -> evaluate one bundle into ``bundles/<bundle>/{data,models,eval}``.
+
+    Data go only into folders the demo owns (:func:`demo_data`); an earlier ``eval/`` is moved to
+    ``eval/previous/<time>/`` (:func:`move_aside`); ``models/`` is left to the training run."""
     if bundle not in DEMO_BUNDLES:
         raise ValueError(f"unknown bundle {bundle!r}; available: {sorted(DEMO_BUNDLES)}")
     dataset, cases, prep_opts, overrides = DEMO_BUNDLES[bundle]
-    root = bundles_dir() / bundle
+    root = Path(root) if root is not None else bundles_dir() / bundle
     if not (root / "configs" / "train.yaml").is_file():
         raise FileNotFoundError(f"{root / 'configs' / 'train.yaml'} not found: run from a monai_ext checkout")
-    module = importlib.import_module(f"monai_ext.data.{dataset}")
-    raw, prepared = root / "data" / "raw", root / "data" / "prepared"
     t0 = time.perf_counter()
-    marker, stamp = raw / ".synth_complete", f"{cases} cases, seed {seed}\n"
-    if not marker.exists() or marker.read_text() != stamp:  # absent, interrupted, or another size / seed
-        logger.info("[1/4] synthesizing %d %s cases into %s", cases, dataset, raw)
-        for stale in (raw, prepared):  # prepared files of other synthetic data must not be reused
-            if stale.exists():
-                shutil.rmtree(stale)
-        module.synthesize(raw, cases=cases, seed=seed)
-        marker.write_text(stamp)
-    else:
-        logger.info("[1/4] synthetic data already in %s", raw)
-    logger.info("[2/4] preparing into %s", prepared)
-    module.prepare(raw, prepared, **prep_opts)
+    demo_data(root, dataset, cases, seed, prep_opts)
     cfg = root / "configs"
     common = ["--meta_file", str(cfg / "metadata.json"), "--logging_file", str(cfg / "logging.conf")]
     overrides = {**overrides, **({"epochs": epochs} if epochs is not None else {})}
@@ -122,6 +257,7 @@ def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0) -> di
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                     str(cfg / "train.yaml"), *common], cwd=root, check=True, env=env)
     logger.info("[4/4] evaluating the best checkpoint on the test split")
+    move_aside(root / "eval")
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                     str([str(cfg / "train.yaml"), str(cfg / "evaluate.yaml")]), *common], cwd=root, check=True,
                    env=env)
@@ -151,7 +287,14 @@ def _run(args: argparse.Namespace) -> int:
         result = train_demo("softmax_free", seed=args.seed)
         logger.info("toy result: %s", json.dumps(result))
     else:
-        result = run_bundle_demo(args.bundle, epochs=args.epochs, seed=args.seed)
+        from .data.common import DataError
+
+        try:
+            result = run_bundle_demo(args.bundle, epochs=args.epochs, seed=args.seed)
+        except (FolderNotOwned, DataError) as e:  # one line naming the folder / file, no traceback
+            logger.debug("demo stopped", exc_info=True)
+            logger.error("demo stopped: %s", e)
+            return 1
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
