@@ -7,11 +7,16 @@ Sub-commands (``monai-ext ...``):
   the checkpoint belongs to this bundle's network, ``ckpt_export`` to TorchScript and ``onnx_export``,
   each export compared with the eager network (TorchScript within 1e-4, onnxruntime within 1e-3).
   MONAI's own errors are re-raised as :class:`BundleError` naming the file and the problem.
+  Bundle configs are code (their ``$`` expressions run): ``verify`` is no safety check for an untrusted bundle.
 * ``package <bundle> --out FILE.zip``: a model-zoo style zip (configs, ``models/model.pt``,
   ``models/model.ts`` from MONAI's ``ckpt_export``, docs, LICENSE, ``large_files.yml`` with hashes)
   that runs with ``python -m monai.bundle run --config_file configs/inference.yaml`` once unzipped.
 * ``label-app --out DIR``: a MONAI Label app folder (``main.py`` for MONAI Label's ``monaibundle``
-  layout) holding the bundles with their trained weights under ``<app>/model/<name>/``.
+  layout) holding the bundles with their trained weights under ``<app>/model/<name>/``; prints the
+  ``monailabel start_server`` command, bound to 127.0.0.1 unless ``--host`` says otherwise.
+
+Packaging never follows symbolic links: links and files resolving outside the bundle are skipped with a
+warning. Checkpoints are read with ``torch.load(weights_only=True)`` only (:mod:`monai_ext.utils.checkpoint`).
 
 APF-UNETR takes ``(x, mask)``. MONAI's ``verify_net_in_out`` gets the mask through its
 ``extra_forward_args``; MONAI's ``onnx_export`` can only feed the image, so its ONNX file is the
@@ -27,6 +32,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import shutil
 import tempfile
 import zipfile
@@ -59,6 +65,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "find_schema",
+    "label_server_command",
     "load_checkpoint_state",
     "package_bundle",
     "register",
@@ -412,14 +419,59 @@ def _missing_content(root: Path, required: Sequence[str]) -> list[str]:
     return [name for name in required if not (root / name).exists()]
 
 
-def _copy_bundle_content(root: Path, dest: Path) -> None:
-    """Copy configs/, docs/ and LICENSE (those present) of bundle ``root`` into ``dest``."""
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _copy_bundle_content(root: Path, dest: Path) -> list[str]:
+    """Copy configs/, docs/ and LICENSE (those present) of bundle ``root`` into ``dest``.
+
+    Symbolic links and anything resolving outside ``root`` are never followed: they are skipped with a
+    warning (a link in a bundle to a private file must not end up in a package meant for publication).
+    Returns the skipped paths, relative to ``root``.
+    """
+    skipped: list[str] = []
+
+    def skip(path: Path, why: str) -> None:
+        rel = path.relative_to(root).as_posix()
+        skipped.append(rel)
+        logger.warning("%s: not packaged (%s)", path, why)
+
     for name in BUNDLE_CONTENT:
         src = root / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.is_file():
-            shutil.copy2(src, dest / name)
+        if not (src.exists() or src.is_symlink()):
+            continue
+        if src.is_symlink() or not _inside(src, root):
+            skip(src, "a symbolic link" if src.is_symlink() else "resolves outside the bundle")
+            continue
+        if src.is_file():
+            shutil.copy2(src, dest / name, follow_symlinks=False)
+            continue
+        for folder, dirs, files in os.walk(src, followlinks=False):
+            here = Path(folder)
+            target = dest / here.relative_to(root)
+            target.mkdir(parents=True, exist_ok=True)
+            for d in sorted(dirs):
+                if (here / d).is_symlink():
+                    skip(here / d, "a symbolic link to a folder")
+            dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink() and d != "__pycache__")
+            for f in sorted(files):
+                path = here / f
+                if f.endswith(".pyc"):
+                    continue
+                if path.is_symlink():
+                    skip(path, "a symbolic link")
+                elif not path.is_file():
+                    skip(path, "not a regular file")
+                elif not _inside(path, root):
+                    skip(path, "resolves outside the bundle")
+                else:
+                    shutil.copy2(path, target / f, follow_symlinks=False)
+    return skipped
 
 
 def _large_files_yaml(bundle_dir: Path, files: Sequence[str], url_base: str | None) -> str:
@@ -454,6 +506,10 @@ def package_bundle(bundle: str | Path, out: str | Path, ckpt: str | Path | None 
         dest = Path(tmp) / root.name
         dest.mkdir()
         _copy_bundle_content(root, dest)
+        lost = _missing_content(dest, PACKAGE_REQUIRED)
+        if lost:
+            raise BundleError(f"{root}: {', '.join(lost)} not packaged (symbolic link or outside the bundle); "
+                              f"replace the link by the file itself")
         (dest / "models").mkdir()
         shutil.copy2(ckpt, dest / "models" / "model.pt")
         export_torchscript(dest, dest / "models" / "model.pt", dest / "models" / "model.ts")
@@ -475,8 +531,11 @@ BundleInferTask. MONAI Label picks the task type from the folder name (segmentat
 classification); a classification bundle ends in per-class probabilities, so it is created with
 add_post_restore=False (restoring a class vector to the image grid fails) and answers JSON
 predictions. Segmentation label maps are written as uint8, those of 2D images without a channel axis.
-Start it with:
+Start it with (local only: MONAI Label has no authentication by default, and the studies are patient data):
     monailabel start_server --app <this folder> --studies <images> --conf zoo_source local --conf sam2 false
+        --host 127.0.0.1 --port 8000   (one command line)
+Before exposing it on a network, put MONAI Label's authentication or an authenticating reverse proxy (TLS) in
+front of it; see docs/security.md of monai_ext.
 """
 
 import logging
@@ -565,6 +624,23 @@ class MyApp(MONAILabelApp):
 '''
 
 
+#: written first into a MONAI Label app folder; only folders holding it are ever updated in place
+LABEL_APP_MARKER = ".monai_ext_label_app"
+#: where ``monailabel start_server`` listens unless the user asks otherwise (MONAI Label has no auth by default)
+LABEL_HOST = "127.0.0.1"
+
+
+def label_server_command(app: str | Path, studies: str | Path = "STUDIES", host: str = LABEL_HOST,
+                         port: int = 8000) -> str:
+    """The ``monailabel start_server`` command for an app written by :func:`build_label_app` (offline model
+    zoo, no SAM2), bound to ``host`` (default ``127.0.0.1``: reachable from this machine only)."""
+    import shlex
+
+    return shlex.join(["monailabel", "start_server", "--app", str(app), "--studies", str(studies),
+                       "--conf", "zoo_source", "local", "--conf", "sam2", "false",
+                       "--host", str(host), "--port", str(port)])
+
+
 def build_label_app(out: str | Path, bundles: Sequence[str | Path] | None = None,
                     ckpts: Mapping[str, str | Path] | None = None) -> Path:
     """Assemble a MONAI Label app folder ``out`` with ``main.py`` and ``model/<bundle>/`` per bundle
@@ -588,12 +664,22 @@ def build_label_app(out: str | Path, bundles: Sequence[str | Path] | None = None
         if missing:
             logger.warning("%s: %s missing; the app gets configs and weights only", root, ", ".join(missing))
         plan.append((root, ckpt))
+    marker = out / LABEL_APP_MARKER
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BundleError(f"{out}: not a folder; choose a new folder for the app")
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise BundleError(f"{out}: holds files not written by `monai-ext label-app` (no {LABEL_APP_MARKER}); "
+                          f"nothing there is replaced. Choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by monai-ext label-app; the tool replaces model/<bundle>/ only in folders with this file\n")
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     for root, ckpt in plan:
         dest = model_dir / root.name
-        if dest.exists():
-            shutil.rmtree(dest)
+        if dest.is_symlink():
+            dest.unlink()  # the link itself, never its target
+        elif dest.exists():
+            shutil.rmtree(dest)  # an app folder this tool wrote (marker checked above)
         dest.mkdir()
         _copy_bundle_content(root, dest)
         (dest / "models").mkdir()
@@ -653,12 +739,23 @@ def _cmd_label_app(args: argparse.Namespace) -> int:
     except BundleError as e:
         logger.error("%s", e)
         return 1
-    logger.info("MONAI Label app written to %s", args.out)
+    logger.info("MONAI Label app written to %s; start it with:\n  %s", args.out,
+                label_server_command(args.out, host=args.host, port=args.port))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("--host %s: the server will be reachable from other machines, and MONAI Label has no "
+                       "authentication by default (anyone could read the studies and replace the weights); put "
+                       "MONAI Label's auth or an authenticating reverse proxy in front of it (docs/security.md)",
+                       args.host)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="MONAI's bundle checks (metadata, net in/out, TorchScript and ONNX parity)")
+    p = sub.add_parser(
+        "verify", help="MONAI's bundle checks (metadata, net in/out, TorchScript and ONNX parity); not a safety check",
+        description="MONAI's bundle checks: metadata, network in/out, TorchScript and ONNX parity. A bundle's configs "
+                    "are code: verifying one runs its `$` expressions and imports its `_target_`s, as "
+                    "`python -m monai.bundle run` does. `verify` is therefore NOT a safety check for a bundle you do "
+                    "not trust; read its configs first (docs/security.md). Checkpoints are read weights-only.")
     p.add_argument("bundle", nargs="+", help="bundle folder or name")
     p.add_argument("--ckpt", type=Path, default=None,
                    help="checkpoint to check and export (default models/model.pt, else fresh weights)")
@@ -681,4 +778,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", action="append", help="bundle to include (repeatable; default: all four)")
     p.add_argument("--ckpt", action="append", metavar="BUNDLE=PATH",
                    help="weights of one bundle (default <bundle>/models/model.pt), repeatable")
+    p.add_argument("--host", default=LABEL_HOST,
+                   help=f"address in the printed start_server command (default {LABEL_HOST}: this machine only; "
+                        "see docs/security.md before exposing it)")
+    p.add_argument("--port", type=int, default=8000, help="port in the printed start_server command")
     p.set_defaults(func=_cmd_label_app)

@@ -67,8 +67,10 @@ def _torch_reason(e: BaseException) -> str:
     """The informative line of torch's ``weights_only`` error (its advice to set ``weights_only=False``
     is left out on purpose)."""
     text = str(e)
-    for pattern in (r"(Trying to load unsupported GLOBAL [^\n]*)", r"WeightsUnpickler error:\s*([^\n]+)",
-                    r"(Unsupported [^\n]*)"):
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it refers to the Python object {m.group(1)}"
+    for pattern in (r"WeightsUnpickler error:\s*([^\n]+)", r"(Unsupported [^\n]*)"):
         m = re.search(pattern, text)
         if m:
             return m.group(1).strip()
@@ -91,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = _torch_reason(e)
-        if "GLOBAL" in reason:
+        if reason.startswith("it refers to"):
             raise UnsafeCheckpointError(
                 f"{p}: holds pickled Python objects that are not loaded, because unpickling a file can run "
                 f"code ({reason}). If you trust where this file comes from, convert it once with "
