@@ -50,6 +50,7 @@ from monai_ext.data.common import (
     write_datalist,
     write_synthetic_marker,
 )
+from monai_ext.data.limits import check_nifti_header
 from monai_ext.data.runner import check_settings, run_cases
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def read_volume(path: str | Path, dtype: Any = np.float32):
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
+    check_nifti_header(path, out_itemsize=np.dtype(dtype).itemsize if dtype is not None else 0)  # before decoding
     try:
         img = _loader(dtype)(str(path))
     except Exception as e:  # nibabel / gzip / zlib errors on truncated or foreign files

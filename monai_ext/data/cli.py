@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from monai_ext.data.common import SKIPPED_NAME, DataError, check_splits
+from monai_ext.data.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, set_limits
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         dp.add_argument("--out", type=Path, required=True)
         dp.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
         dp.add_argument("--seed", type=int, default=0, help="seed of the train/validation/test split")
+        dp.add_argument("--max-pixels", type=float, default=None, metavar="N",
+                        help="refuse (skip, naming the file) any image, volume or slide level whose header declares "
+                             f"more than N elements (default {DEFAULT_MAX_PIXELS:.3g}), before decoding it")
+        dp.add_argument("--max-bytes", type=float, default=None, metavar="N",
+                        help=f"the same limit in decoded bytes (default {DEFAULT_MAX_BYTES / 2**30:g} GiB)")
         module.add_prepare_args(dp)
         dp.set_defaults(func=_prepare)
 
@@ -84,7 +90,9 @@ def prepare_checked(dataset: str, raw: Path, out: Path, **options) -> dict:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    opts = {k: v for k, v in vars(args).items() if k not in {"func", "command", "dataset", "raw", "out", "overwrite", "verbose"}}
+    set_limits(max_pixels=args.max_pixels, max_bytes=args.max_bytes)  # also for the worker processes
+    opts = {k: v for k, v in vars(args).items()
+            if k not in {"func", "command", "dataset", "raw", "out", "overwrite", "verbose", "max_pixels", "max_bytes"}}
     try:
         prepare_checked(args.dataset, args.raw, args.out, overwrite=args.overwrite, **opts)
     except (DataError, FileNotFoundError) as e:  # bad input: one line naming the file, no traceback

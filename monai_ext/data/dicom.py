@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from monai_ext.data.common import DataError
+from monai_ext.data.limits import check_dicom_header
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -177,6 +178,7 @@ def _check_pixels(path: Path) -> None:
         raise DataError(path, f"unreadable DICOM file, truncated or damaged ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
         raise DataError(path, "DICOM file has no pixel data (truncated?)")
+    check_dicom_header(path, ds)  # Rows x Columns x frames x samples within the limits before decoding
     try:
         arr = ds.pixel_array
     except Exception as e:
@@ -253,6 +255,7 @@ def read_series(series: SeriesInfo | Path, reader: str = "pydicom") -> Any:
         # MONAI's PydicomReader stacks slices by InstanceNumber; ITK sorts them by position
         logger.info("%s: InstanceNumber does not follow slice position; reading with ITK", folder)
         reader = "itk"
+    check_dicom_header(files[0], n_files=len(files))  # the stacked series within the limits before decoding
     loader = _loader(reader)
     try:
         img = loader(str(folder))
@@ -296,6 +299,7 @@ def read_radiograph(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise DataError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
         raise DataError(path, "DICOM file has no pixel data")
+    check_dicom_header(path, ds)  # Rows x Columns x frames x samples within the limits before decoding
     try:
         raw = ds.pixel_array
     except Exception as e:

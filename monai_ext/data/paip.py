@@ -57,6 +57,7 @@ from monai_ext.data.common import (
     write_datalist,
     write_synthetic_marker,
 )
+from monai_ext.data.limits import check_size, check_tiff_header
 from monai_ext.data.runner import check_settings, run_cases
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ WHITE = 255
 #: splits a usable prepared PAIP folder needs (segmentation: no class check); see ``monai-ext prepare``
 REQUIRED_SPLITS = ("training", "validation", "test")
 CLASSES = None
-Image.MAX_IMAGE_PIXELS = None  # slides are large by design; no decompression-bomb guard
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +132,7 @@ class Slide:
                 f"pyramid level {level} requested but the slide has {self.level_count} pyramid level(s) "
                 f"{self.levels}",
             )
+        check_size(self.path, (*self.levels[level], 3), 1, f"slide level {level}")  # before decoding it
         try:
             arr, _ = self.reader.get_data(self.wsi, location=(0, 0), size=self.levels[level], level=level, mode="RGB")
         except Exception as e:  # a truncated file usually fails here, decoding the tiles
@@ -156,7 +157,8 @@ class Slide:
 
 
 def mask_shape(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of a mask TIFF (header only)."""
+    """``(height, width)`` of a mask TIFF (header only); its tiles / strips must fit the size limits."""
+    check_tiff_header(path, whole_page=False)  # read segment by segment (read_mask_sums)
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
@@ -180,6 +182,7 @@ def read_mask_sums(path: Path, side: int, res: int) -> np.ndarray:
     if res > side:
         raise ValueError(f"binning needs res <= side, got {res} > {side}")
     sums = np.zeros((res, res), np.float32)  # counts stay exact: bins hold < 2**24 pixels
+    check_tiff_header(path, whole_page=False)  # one tile / strip at a time must fit the size limits
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
@@ -203,6 +206,7 @@ def read_mask_sums(path: Path, side: int, res: int) -> np.ndarray:
 
 
 def read_mask_full(path: Path) -> np.ndarray:
+    check_tiff_header(path)  # the whole page is decoded
     try:
         return (tifffile.imread(path, key=0) > 0).astype(np.uint8)
     except Exception as e:

@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from monai_ext.data.common import DataError
+from monai_ext.data.limits import SizeLimitError, check_image_header, check_nifti_header
+
 logger = logging.getLogger(__name__)
 
 PREPARE_HINT = ("create it with `monai-ext synth <dataset> --out RAW && monai-ext prepare <dataset> --raw RAW "
@@ -50,17 +53,13 @@ def load_datalist(dataset_dir: str | Path, split: str, datalist: str = "datalist
     return out
 
 
-def _spatial_shape(path: Path) -> tuple[int, ...]:
+def _spatial_shape(path: Path, out_itemsize: int = 4) -> tuple[int, ...]:
+    """Spatial shape from the header only; :class:`DataError` naming the file when decoding it (as
+    ``out_itemsize``-byte values, MONAI's float32) would exceed the size limits (:mod:`monai_ext.data.limits`)."""
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return tuple(int(s) for s in nib.load(str(path)).shape[:3])
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-    return (h, w)
+        return check_nifti_header(path, out_itemsize)[:3]
+    return check_image_header(path, out_itemsize)
 
 
 def _label_values(path: Path) -> np.ndarray:
@@ -68,10 +67,12 @@ def _label_values(path: Path) -> np.ndarray:
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
+        check_nifti_header(path, out_itemsize=1)  # before the voxels are read
         arr = np.asarray(nib.load(str(path)).dataobj)
     else:
         from PIL import Image
 
+        check_image_header(path)
         with Image.open(path) as im:
             arr = np.asarray(im)
     return np.unique(arr)
@@ -128,6 +129,12 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                     lab_ok = isinstance(lab, (int, np.integer)) and 0 <= int(lab) < num_classes
                 if not lab_ok:
                     problems.append(f"{where}: label {lab!r} is not a class index in [0, {num_classes})")
+                try:  # header only: a declared size beyond the limits fails here, before any decoding
+                    _spatial_shape(img_path)
+                except SizeLimitError as e:
+                    problems.append(str(e))
+                except Exception:  # noqa: BLE001, S110 - readability is the loader's to report, with the file
+                    pass
                 continue
             if not isinstance(lab, str):
                 problems.append(f"{where}: no {label_key!r} path")
@@ -137,7 +144,10 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                 problems.append(f"{lab_path}: label file missing (listed in {where})")
                 continue
             try:
-                s_img, s_lab = _spatial_shape(img_path), _spatial_shape(lab_path)
+                s_img, s_lab = _spatial_shape(img_path), _spatial_shape(lab_path, out_itemsize=1)
+            except DataError as e:  # a header declaring a size beyond the limits, or unreadable
+                problems.append(str(e))
+                continue
             except Exception as e:  # unreadable header
                 problems.append(f"{img_path} / {lab_path}: cannot read ({e})")
                 continue
@@ -145,7 +155,11 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                 problems.append(f"{lab_path}: label shape {s_lab} differs from image {img_path.name} shape {s_img}")
                 continue
             if check_label_values:
-                vals = _label_values(lab_path)
+                try:
+                    vals = _label_values(lab_path)
+                except DataError as e:
+                    problems.append(str(e))
+                    continue
                 bad = vals[(vals < 0) | (vals >= num_classes) | (vals != np.round(vals))]
                 if bad.size:
                     problems.append(f"{lab_path}: label values {bad[:10].tolist()} outside the declared classes "
