@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -55,6 +56,44 @@ BUNDLES: dict[str, dict] = {
         dataset="paip", synth=dict(cases=6, size=1024), prepare=dict(resolutions=[512]), train=dict(batch_size=2),
         datalist="datalist_512.json"),
 }
+
+
+WORK_MARKER = ".monai_ext_label_check"
+
+
+class WorkFolderError(RuntimeError):
+    """The work folder is not one this script may write into or empty."""
+
+
+def prepare_work(work: Path | None, fresh: bool = False) -> Path:
+    """The work folder: a new private one from :func:`tempfile.mkdtemp` (mode 0700) when ``work`` is None;
+    else ``work``, created if missing. Only a folder holding :data:`WORK_MARKER` (written first, when this
+    script creates or adopts an empty folder) is ever written into or, with ``fresh``, emptied; a symbolic
+    link, or a non-empty folder without the marker (another user's, or pre-planted), is refused."""
+    if work is None:
+        path = Path(tempfile.mkdtemp(prefix="monai_ext_label_check_"))
+        (path / WORK_MARKER).write_text("created by scripts/monailabel_check.py\n")
+        return path
+    if work.is_symlink():
+        raise WorkFolderError(f"--work {work}: is a symbolic link; give a real folder")
+    path = work.resolve()
+    if path.exists() and not path.is_dir():
+        raise WorkFolderError(f"--work {path}: not a folder")
+    marker = path / WORK_MARKER
+    if path.is_dir() and any(path.iterdir()) and not marker.is_file():
+        raise WorkFolderError(f"--work {path}: holds files this script did not create (no {WORK_MARKER}); "
+                              f"nothing there is touched. Give a new or empty folder")
+    if fresh and marker.is_file():
+        for child in path.iterdir():
+            if child.name == WORK_MARKER:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text("created by scripts/monailabel_check.py\n")
+    return path
 
 
 class CheckFailed(AssertionError):
@@ -227,10 +266,13 @@ def check_segmentation(name: str, payload: bytes, disposition: str, image: Path,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/monai_ext_label_check"))
+    ap.add_argument("--work", type=Path, default=None,
+                    help="work folder (default: a new private temporary folder); give the same one again to reuse "
+                         "data and weights of a previous run")
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     ap.add_argument("--bundle", action="append", choices=sorted(BUNDLES), help="default: all four")
-    ap.add_argument("--fresh", action="store_true", help="delete --work first (data, weights, app)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="start over: empty --work first (only a folder this script created, see WORK_MARKER)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import monai
@@ -241,9 +283,12 @@ def main() -> int:
                 f"numpy {np.__version__}")
     logger.info("environment: %s (%s)", versions, PY)
     names = args.bundle or list(BUNDLES)
-    work = args.work.resolve()
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
+    try:
+        work = prepare_work(args.work, args.fresh)
+    except WorkFolderError as e:
+        logger.error("%s", e)
+        return 2
+    logger.info("work folder: %s", work)
     for d in ("studies", "answers", "direct"):
         shutil.rmtree(work / d, ignore_errors=True)
     (work / "studies").mkdir(parents=True)

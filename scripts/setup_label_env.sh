@@ -3,13 +3,26 @@
 #   bash scripts/setup_label_env.sh
 # MONAI Label 0.8.5 needs its own pins (see docs/monailabel.md): torch 2.14.1 with a
 # torchvision that imports, monai 1.5.2 (1.6's Spacingd fails on MONAI Label's string
-# ``image_path`` key), pydicom 2.4 (pydicom 3 breaks pydicom-seg), numpy 1.26.
+# ``image_path`` key), pydicom 2.4.5 (pydicom 3 breaks pydicom-seg; 2.4.5 has the DICOMDIR path-traversal
+# fix of CVE-2026-32711), pillow >= 12.3.0 (decompression-bomb fixes), numpy 1.26. See docs/security.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${LABEL_VENV:-.venv-label}
 STAMP="$VENV/.monai_ext_label_env_ok"
+SECURE_PINS=(pydicom==2.4.5 "pillow>=12.3.0")
 if [ -f "$STAMP" ]; then
+    # an environment built before the security floors gets the fixed pydicom / pillow, nothing else changes
+    if ! "$VENV/bin/python" - <<'PY'
+import sys
+from importlib.metadata import version
+from packaging.version import Version
+sys.exit(0 if version("pydicom") == "2.4.5" and Version(version("pillow")) >= Version("12.3.0") else 1)
+PY
+    then
+        echo "updating $VENV to ${SECURE_PINS[*]}"
+        "$VENV/bin/python" -m pip install -q "${SECURE_PINS[@]}"
+    fi
     echo "MONAI Label environment ready: $VENV ($(cat "$STAMP"))"
     exit 0
 fi
@@ -17,7 +30,7 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q torch==2.14.1 torchvision==0.29.1
-$PIP install -q monailabel==0.8.5 monai==1.5.2 pydicom==2.4.4 "dicomweb-client[gcp]==0.59.1" pynetdicom==2.0.2
+$PIP install -q monailabel==0.8.5 monai==1.5.2 "${SECURE_PINS[@]}" "dicomweb-client[gcp]==0.59.1" pynetdicom==2.0.2
 # monai_ext itself, without letting pip touch the pinned stack ...
 $PIP install -q -e . --no-deps
 # ... plus those runtime dependencies of monai_ext (pyproject.toml) that are not installed at all; ones
