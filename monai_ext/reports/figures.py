@@ -37,11 +37,14 @@ def roc_figure(curves: Mapping[str, Any], metrics: Mapping[str, Any], path: Path
     ax = fig.add_subplot(1, 1, 1)
     band = curves["band"]
     level = int(round(100 * metrics["bootstrap"]["ci_level"]))
-    ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color="tab:blue", alpha=0.2, step=None,
-                    label=f"{level}% bootstrap band")
     auc = metrics["auroc"]
-    ax.plot(curves["fpr"], curves["tpr"], color="tab:blue", lw=2,
-            label=f"AUROC {auc['value']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f})")
+    if auc.get("ci_low") is not None:  # no band either where too few cases give no CI
+        ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color="tab:blue", alpha=0.2, step=None,
+                        label=f"{level}% bootstrap band")
+        ci = f"{auc['ci_low']:.3f}-{auc['ci_high']:.3f}"
+    else:
+        ci = auc.get("ci_note", "no CI")
+    ax.plot(curves["fpr"], curves["tpr"], color="tab:blue", lw=2, label=f"AUROC {auc['value']:.3f} ({ci})")
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
     for key, point in metrics["operating_points"].items():
         marker, color, name = _POINT_STYLE.get(key, ("^", "tab:red", key))

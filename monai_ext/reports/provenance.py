@@ -20,7 +20,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 __all__ = ["sha256_file", "sha256_json", "canonical_json", "git_info", "package_versions", "device_info",
-           "find_bundle_config", "resolve_config", "file_record"]
+           "find_bundle_config", "resolve_config", "file_record", "display_path", "data_origin_of", "command_line"]
 
 #: distributions whose versions are recorded (missing ones are skipped)
 PACKAGES = ("monai_ext", "monai", "torch", "numpy", "pytorch-ignite", "scipy", "scikit-image", "scikit-learn",
@@ -44,14 +44,66 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+def display_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``base`` (default: the working directory, the bundle folder of a bundle run) when
+    it lies below it, else absolute."""
+    p = Path(path).expanduser().absolute()
+    b = Path(base if base is not None else os.getcwd()).absolute()
+    try:
+        return p.relative_to(b).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def file_record(path: str | os.PathLike | None) -> dict[str, Any] | None:
-    """``{"path", "sha256", "bytes"}`` of an existing file, ``{"path", "missing": True}`` otherwise."""
+    """``{"path", "sha256", "bytes"}`` of an existing file, ``{"path", "missing": True}`` otherwise; the path
+    relative to the working directory when below it (:func:`display_path`)."""
     if path is None:
         return None
     p = Path(path).expanduser()
     if not p.is_file():
-        return {"path": str(p), "missing": True}
-    return {"path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        return {"path": display_path(p), "missing": True}
+    return {"path": display_path(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def data_origin_of(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """Origin of the evaluated data: ``prov["data_origin"]`` if given, else the ``data_origin`` that
+    ``monai-ext prepare`` recorded in the datalist named by ``prov["files"]["datalist"]``; ``synthetic`` is
+    ``None`` (unknown) when neither says."""
+    if isinstance(prov.get("data_origin"), Mapping):
+        return dict(prov["data_origin"])
+    rec = (prov.get("files") or {}).get("datalist") or {}
+    if not rec.get("path") or rec.get("missing"):
+        return {"synthetic": None, "note": "no datalist recorded"}
+    path = Path(rec["path"])
+    if not path.is_absolute() and prov.get("cwd"):
+        path = Path(prov["cwd"]) / path
+    try:
+        origin = json.loads(path.read_text()).get("data_origin")
+    except (OSError, ValueError, AttributeError):
+        origin = None
+    if not isinstance(origin, Mapping):
+        return {"synthetic": None, "note": f"{rec['path']} does not record it (prepared by an older monai_ext?)"}
+    return dict(origin)
+
+
+def _relative_arg(arg: str, base: Path) -> str:
+    """A command-line argument with absolute paths below ``base`` made relative; a list literal of paths
+    (``"['a.yaml','b.yaml']"``) is rewritten as a JSON list, which MONAI's command line reads the same."""
+    import ast
+
+    text = arg.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            items = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return arg
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return json.dumps([_relative_arg(i, base) for i in items], separators=(",", ":"))
+        return arg
+    if os.path.isabs(text) and Path(text).exists():
+        return display_path(text, base)
+    return arg
 
 
 def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -154,9 +206,12 @@ def resolve_config(config: Any) -> tuple[dict[str, Any] | None, str]:
     return ConfigParser.load_config_files([str(f) for f in files]), f"files {[str(f) for f in files]}"
 
 
-def command_line() -> list[str]:
-    """``sys.argv`` with ``python -m monai.bundle`` spelt as such."""
+def command_line(base: str | os.PathLike | None = None) -> list[str]:
+    """``sys.argv`` with ``python -m monai.bundle`` spelt as such and absolute paths below ``base`` (default:
+    the working directory, i.e. the bundle folder) relative to it, so that ``shlex.join`` of it can be pasted
+    into a shell in that folder."""
     argv = list(sys.argv)
     if argv and argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
         argv = ["python", "-m", "monai.bundle", *argv[1:]]
-    return argv
+    root = Path(base if base is not None else os.getcwd())
+    return [argv[0], *(_relative_arg(a, root) for a in argv[1:])] if argv else argv

@@ -24,16 +24,28 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def fmt_interval(iv: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``0.812 (0.702-0.905)``; ``n/a`` when undefined."""
+    """``0.812 (0.702-0.905)``; ``0.812 (n=2 < 10: no CI)`` when too few cases; ``n/a`` when undefined."""
     if not iv or iv.get("value") is None:
         return "n/a"
     if iv.get("ci_low") is None:
-        return _f(iv["value"], digits)
+        return _f(iv["value"], digits) + (f" ({iv['ci_note']})" if iv.get("ci_note") else "")
     return f"{_f(iv['value'], digits)} ({_f(iv['ci_low'], digits)}-{_f(iv['ci_high'], digits)})"
 
 
 def _short(sha: str | None) -> str:
     return sha[:12] if sha else "n/a"
+
+
+def origin_text(origin: Mapping[str, Any] | None) -> str:
+    """One sentence on where the evaluated data come from (``metrics.json``'s ``data_origin``)."""
+    origin = origin or {}
+    if origin.get("synthetic") is True:
+        what = ", ".join(f"{k} {origin[k]}" for k in ("dataset", "cases", "seed") if origin.get(k) is not None)
+        return (f"Data: SYNTHETIC ({what}; written by {origin.get('generator', 'monai-ext synth')}), not patient "
+                f"data: these numbers say nothing about performance on real images.")
+    if origin.get("synthetic") is False:
+        return "Data: no synthetic-data marker in the raw folder the datalist was prepared from (real data)."
+    return f"Data: origin unknown ({origin.get('note', 'not recorded')})."
 
 
 def _run_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any]) -> list[Block]:
@@ -49,7 +61,7 @@ def _run_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any]) -> list[Blo
         lines.append("Variant: " + ", ".join(f"{k} = {v}" for k, v in sorted(variant.items())) + ".")
     lines.append(f"Checkpoint: {ckpt.get('path', 'n/a')} (SHA-256 {_short(ckpt.get('sha256'))}); "
                  f"code: {_short(git.get('commit'))}{' (dirty)' if git.get('dirty') else ''}.")
-    return [("p", " ".join(lines))]
+    return [("p", origin_text(metrics.get("data_origin"))), ("p", " ".join(lines))]
 
 
 def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Block]:
@@ -64,7 +76,8 @@ def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Bl
         ]),
         ("p", f"Split '{split}': {m['n_cases']} cases, {m['n_positive']} '{names[1]}' and {m['n_negative']} "
               f"'{names[0]}'. CIs: {m['bootstrap']['n_samples']} bootstrap samples ({m['bootstrap']['method']}), "
-              f"seed {m['bootstrap']['seed']}."),
+              f"seed {m['bootstrap']['seed']}; no CI for a value from fewer than "
+              f"{m['bootstrap'].get('min_cases', 0)} cases."),
     ]
     if m["auroc"].get("note"):
         out.append(("p", f"AUROC {m['auroc']['note']}."))
@@ -114,7 +127,8 @@ def _segmentation_blocks(m: Mapping[str, Any]) -> list[Block]:
         ("table", header, rows + [mean_row, macro_row]),
         ("p", f"Per class: mean over the cases whose ground truth has the class; CIs: "
               f"{m['bootstrap']['n_samples']} bootstrap samples ({m['bootstrap']['method']}), seed "
-              f"{m['bootstrap']['seed']}. HD95 is undefined (and left out, as in MONAI) when the prediction "
+              f"{m['bootstrap']['seed']}; no CI for a value from fewer than {m['bootstrap'].get('min_cases', 0)} "
+              f"cases. HD95 is undefined (and left out, as in MONAI) when the prediction "
               f"misses a class present in the ground truth."),
     ]
     if "apf" in m:
@@ -151,7 +165,12 @@ def _provenance_blocks(prov: Mapping[str, Any]) -> list[Block]:
     rows.append(["packages", ", ".join(f"{k} {v}" for k, v in pk.items())])
     out: list[Block] = [("h2", "Provenance"), ("table", ["item", "value"], rows)]
     if prov.get("command"):
-        out.append(("code", " ".join(prov["command"])))
+        import shlex
+
+        cmd = prov["command"]
+        cmd = shlex.join(cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
+        where = f"the folder {Path(prov['cwd']).name}/" if prov.get("cwd") else "the bundle folder"
+        out += [("p", f"Command (run in {where}; paths relative to it):"), ("code", cmd)]
     return out
 
 

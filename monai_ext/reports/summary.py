@@ -23,7 +23,11 @@ import numpy as np
 
 from . import stats
 
-__all__ = ["sort_records", "classification_summary", "segmentation_summary", "clean_for_json"]
+__all__ = ["sort_records", "classification_summary", "segmentation_summary", "clean_for_json", "MIN_CI_CASES"]
+
+#: fewest cases a bootstrap confidence interval is reported for; below it the value comes without a CI
+#: and a ``ci_note`` says why (a percentile bootstrap of 2 cases gives a meaningless "95% CI")
+MIN_CI_CASES = 10
 
 
 def sort_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -31,14 +35,20 @@ def sort_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted((dict(r) for r in records), key=lambda r: (str(r["case_id"]), repr(sorted(r.items()))))
 
 
-def _interval(value: float | None, samples: np.ndarray | None, level: float) -> dict[str, Any]:
+def _interval(value: float | None, samples: np.ndarray | None, level: float, n: int | None = None,
+              min_n: int = 0) -> dict[str, Any]:
+    """``{"value", "ci_low", "ci_high"}``; without CI (and a ``ci_note`` saying why) when the statistic
+    rests on ``n < min_n`` cases."""
+    if value is not None and n is not None and n < min_n:
+        return {"value": float(value), "ci_low": None, "ci_high": None, "ci_note": f"n={n} < {min_n}: no CI"}
     if value is None or samples is None:
         return {"value": value, "ci_low": None, "ci_high": None}
     lo, hi = stats.percentile_ci(np.asarray(samples, dtype=np.float64), level)
     return {"value": float(value), "ci_low": float(lo), "ci_high": float(hi)}
 
 
-def _operating_point(s: np.ndarray, y: np.ndarray, threshold: float, idx: np.ndarray, level: float) -> dict[str, Any]:
+def _operating_point(s: np.ndarray, y: np.ndarray, threshold: float, idx: np.ndarray, level: float,
+                     min_n: int = 0) -> dict[str, Any]:
     cm = stats.confusion_at(s, y, threshold)
     point = stats.rates_from_confusion(**cm)
     # bootstrap: confusion counts of every resample at the same threshold
@@ -48,9 +58,10 @@ def _operating_point(s: np.ndarray, y: np.ndarray, threshold: float, idx: np.nda
         tn=np.sum(~pred & ~yy, axis=1), fp=np.sum(pred & ~yy, axis=1),
         fn=np.sum(~pred & yy, axis=1), tp=np.sum(pred & yy, axis=1))
     out: dict[str, Any] = {"threshold": float(threshold)}
+    counts = {"accuracy": int(y.size), "sensitivity": int(np.sum(y == 1)), "specificity": int(np.sum(y == 0))}
     for name in ("accuracy", "sensitivity", "specificity"):
         v = float(point[name])
-        out[name] = _interval(None if math.isnan(v) else v, boot[name], level)
+        out[name] = _interval(None if math.isnan(v) else v, boot[name], level, counts[name], min_n)
     out["confusion_matrix"] = {
         **cm,
         "matrix": [[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]],
@@ -70,10 +81,12 @@ def classification_summary(
     ci_level: float = 0.95,
     class_names: Sequence[str] = ("negative", "positive"),
     n_calibration_bins: int = 10,
+    min_ci_cases: int = MIN_CI_CASES,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Binary classification metrics of the test ``records`` (see the module docstring).
 
-    AUROC with a stratified percentile bootstrap CI; Brier score, expected calibration error;
+    AUROC with a stratified percentile bootstrap CI (no CI below ``min_ci_cases`` cases: accuracy and AUROC
+    count all cases, sensitivity the positives, specificity the negatives); Brier score, expected calibration error;
     accuracy, sensitivity, specificity (with CIs) and the confusion matrix at 0.5 and at a second
     threshold: Youden's J maximised on ``validation_records`` if given, else ``threshold`` (e.g. from a
     file, described by ``threshold_source``); with neither, only 0.5 is reported.
@@ -104,12 +117,15 @@ def classification_summary(
             "ci_level": float(ci_level),
             "method": "percentile; positives and negatives resampled separately" if both
             else "percentile; cases resampled",
+            "min_cases": int(min_ci_cases),
         },
     }
+    if y.size < min_ci_cases:
+        metrics["bootstrap"]["note"] = f"n={y.size} < {min_ci_cases}: no CI"
     curves: dict[str, Any] = {"scores": s, "labels": y, "class_names": list(class_names)}
     if both:
         auc = stats.roc_auc(s, y)
-        metrics["auroc"] = _interval(auc, stats.auroc_bootstrap(s, y, idx), ci_level)
+        metrics["auroc"] = _interval(auc, stats.auroc_bootstrap(s, y, idx), ci_level, int(y.size), min_ci_cases)
         fpr, tpr, _ = stats.roc_curve(s, y)
         curves.update(fpr=fpr, tpr=tpr, band=stats.roc_band(s, y, idx, level=ci_level))
     else:
@@ -119,7 +135,7 @@ def classification_summary(
     metrics["calibration"] = {"brier": cal["brier"], "ece": cal["ece"], "n_bins": int(n_calibration_bins)}
     curves["calibration"] = cal
 
-    points: dict[str, Any] = {"default": _operating_point(s, y, 0.5, idx, ci_level)}
+    points: dict[str, Any] = {"default": _operating_point(s, y, 0.5, idx, ci_level, min_ci_cases)}
     selection: dict[str, Any]
     if validation_records is not None:
         vrecs = sort_records(validation_records)
@@ -131,12 +147,12 @@ def classification_summary(
         if 0 < vpos < vy.size:
             t, j = stats.youden_threshold(vs, vy)
             selection.update(threshold=t, youden_j=j)
-            points["youden"] = _operating_point(s, y, t, idx, ci_level)
+            points["youden"] = _operating_point(s, y, t, idx, ci_level, min_ci_cases)
         else:
             selection["note"] = f"undefined: the validation split has {vpos} positive of {vy.size} case(s)"
     elif threshold is not None:
         selection = {"method": "given", "source": threshold_source or "argument", "threshold": float(threshold)}
-        points["youden"] = _operating_point(s, y, float(threshold), idx, ci_level)
+        points["youden"] = _operating_point(s, y, float(threshold), idx, ci_level, min_ci_cases)
     else:
         selection = {"method": "none", "note": "no validation predictions or threshold given"}
     metrics["threshold_selection"] = selection
@@ -166,8 +182,11 @@ def segmentation_summary(
     ci_level: float = 0.95,
     hd95_unit: str = "voxel",
     apf: Mapping[str, Any] | None = None,
+    min_ci_cases: int = MIN_CI_CASES,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Segmentation metrics of per-case Dice / HD95 ``records`` over the foreground ``class_names``.
+
+    No CI for a value resting on fewer than ``min_ci_cases`` cases (its ``ci_note`` says so).
 
     Per class: the mean over the cases where it is defined (MONAI: NaN when the ground truth lacks the
     class) with a bootstrap CI over cases. ``mean_dice`` is MONAI's ``MetricReduction.MEAN`` (what the
@@ -190,8 +209,10 @@ def segmentation_summary(
         "class_names": names,
         "n_cases": len(recs),
         "bootstrap": {"n_samples": int(n_bootstrap), "seed": int(seed), "ci_level": float(ci_level),
-                      "method": "percentile; cases resampled"},
+                      "method": "percentile; cases resampled", "min_cases": int(min_ci_cases)},
     }
+    if len(recs) < min_ci_cases:
+        metrics["bootstrap"]["note"] = f"n={len(recs)} < {min_ci_cases}: no CI"
 
     def block(values: np.ndarray) -> dict[str, Any]:
         boot = values[idx]  # (B, n, C)
@@ -201,12 +222,14 @@ def segmentation_summary(
         for c, name in enumerate(names):
             n_def = int(np.sum(~np.isnan(values[:, c])))
             v = None if n_def == 0 else float(per_class_point[c])
-            per_class[name] = {**_interval(v, per_class_boot[:, c] if v is not None else None, ci_level),
-                               "n_cases": n_def}
+            per_class[name] = {**_interval(v, per_class_boot[:, c] if v is not None else None, ci_level, n_def,
+                                           min_ci_cases), "n_cases": n_def}
+        n_any = int(np.sum(np.any(~np.isnan(values), axis=1)))  # cases that enter the MONAI mean
         mean = monai_mean(values)
-        mean_iv = _interval(None if np.isnan(mean) else float(mean), monai_mean(boot), ci_level)
+        mean_iv = _interval(None if np.isnan(mean) else float(mean), monai_mean(boot), ci_level, n_any, min_ci_cases)
         macro = _nanmean(per_class_point, axis=0)
-        macro_iv = _interval(None if np.isnan(macro) else float(macro), _nanmean(per_class_boot, axis=1), ci_level)
+        macro_iv = _interval(None if np.isnan(macro) else float(macro), _nanmean(per_class_boot, axis=1), ci_level,
+                             n_any, min_ci_cases)
         return {"per_class": per_class, "mean": mean_iv, "mean_over_classes": macro_iv}
 
     metrics["dice"] = block(dice)

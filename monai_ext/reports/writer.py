@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import figures as figs
+from .provenance import data_origin_of
 from .render import build_blocks, to_html, to_markdown
-from .summary import classification_summary, clean_for_json, segmentation_summary, sort_records
+from .summary import MIN_CI_CASES, classification_summary, clean_for_json, segmentation_summary, sort_records
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,13 @@ def write_report(
     apf: Mapping[str, Any] | None = None,
     overlays: Sequence[Mapping[str, Any]] = (),
     config: Mapping[str, Any] | None = None,
+    min_ci_cases: int = MIN_CI_CASES,
 ) -> dict[str, Any]:
     """Summarise ``records`` and write the evaluation folder; returns the (rounded) metrics.
+
+    No CI is given for a value resting on fewer than ``min_ci_cases`` cases. Whether the data are synthetic
+    (:func:`monai_ext.reports.provenance.data_origin_of`: ``provenance["data_origin"]`` or what ``prepare``
+    recorded in the datalist) is stated in ``metrics.json`` (``data_origin``) and the reports.
 
     ``overlays``: dicts with ``image`` ``(C, H, W)``, ``label`` / ``pred`` ``(H, W)`` class maps, ``title``
     and optionally ``caption``, ``leaves`` ``(L, 3)``, ``scale`` and ``class_names`` (all classes, background
@@ -147,7 +153,7 @@ def write_report(
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(n_bootstrap=n_bootstrap, seed=seed, ci_level=ci_level)
+    kw = dict(n_bootstrap=n_bootstrap, seed=seed, ci_level=ci_level, min_ci_cases=min_ci_cases)
     figures: list[tuple[str, str]] = []
     if task == "classification":
         names = list(class_names) if class_names else ["negative", "positive"]
@@ -175,9 +181,13 @@ def write_report(
                                 class_names=ov.get("class_names") or ["background", *class_names],
                                 leaves=ov.get("leaves"), scale=ov.get("scale", 1.0))
             figures.append((name, ov.get("caption") or ov.get("title") or name))
+    origin = data_origin_of(provenance)
+    # metrics.json stays byte-stable: no machine-specific paths in it
+    metrics["data_origin"] = {k: origin[k] for k in ("synthetic", "dataset", "generator", "cases", "seed", "note")
+                              if k in origin}
     metrics = clean_for_json(metrics, METRICS_DIGITS)
     write_json(out / "metrics.json", metrics)
-    prov = dict(provenance)
+    prov = {**dict(provenance), "data_origin": origin}
     if config is not None:
         write_json(out / "config.json", config)
     write_json(out / "provenance.json", prov)
