@@ -42,6 +42,29 @@ def _io(tmp: Path, data: Path) -> dict:
                 log_dir=str(tmp / "logs"), num_workers=0, batch_size=4)
 
 
+def _predictions(path: Path) -> dict[str, tuple[float, float]]:
+    """ClassificationSaver's ``predictions.csv``: file name -> (P(negative), P(positive))."""
+    rows = [r.split(",") for r in path.read_text().strip().splitlines()]
+    out = {Path(r[0]).name: (float(r[1]), float(r[2])) for r in rows}
+    assert len(out) == len(rows), "an image was predicted twice"
+    return out
+
+
+def _check_auroc_against_predictions(eval_dir: Path, data: Path, test: list[dict]) -> dict[str, tuple[float, float]]:
+    """``metrics.csv``'s AUROC (MONAI's handler) = scikit-learn's on ``predictions.csv`` and the datalist labels."""
+    from sklearn.metrics import roc_auc_score
+
+    metrics = (eval_dir / "metrics.csv").read_text()
+    assert metrics.startswith("test_auroc")
+    preds = _predictions(eval_dir / "predictions.csv")
+    labels = {Path(e["image"]).name: int(e["label"]) for e in test}
+    assert preds.keys() == labels.keys()
+    names = sorted(labels)
+    want = roc_auc_score([labels[n] for n in names], [preds[n][1] for n in names])
+    assert float(metrics.split(",")[1]) == pytest.approx(want, abs=1e-6)
+    return preds
+
+
 def test_vindr_train_evaluate_infer(vindr_data, tmp_path):
     io = _io(tmp_path, vindr_data)
     proc = run_bundle(VINDR, ["train.yaml"], "training", epochs=2, image_size=64, **io)
@@ -53,21 +76,17 @@ def test_vindr_train_evaluate_infer(vindr_data, tmp_path):
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]  # ignite keeps iterations
 
     run_bundle(VINDR, ["train.yaml", "evaluate.yaml"], image_size=64, **io)
-    metrics = (tmp_path / "eval" / "metrics.csv").read_text()
-    assert metrics.startswith("test_auroc")
-    auroc = float(metrics.split(",")[1])
-    assert 0.0 <= auroc <= 1.0
-    n_test = len(json.loads((vindr_data / "datalist_64.json").read_text())["test"])
-    preds = (tmp_path / "eval" / "predictions.csv").read_text().strip().splitlines()
-    assert len(preds) == n_test
+    test = json.loads((vindr_data / "datalist_64.json").read_text())["test"]
+    evaluated = _check_auroc_against_predictions(tmp_path / "eval", vindr_data, test)
 
     out = tmp_path / "infer"
     run_bundle(VINDR, ["inference.yaml"], image_size=64, dataset_dir=str(vindr_data), ckpt_dir=str(models),
                output_dir=str(out))
-    rows = [r.split(",") for r in (out / "predictions.csv").read_text().strip().splitlines()]
-    assert len(rows) == n_test
-    for r in rows:
-        assert abs(float(r[1]) + float(r[2]) - 1.0) < 1e-4  # per-class probabilities
+    inferred = _predictions(out / "predictions.csv")
+    assert inferred.keys() == evaluated.keys()  # the test split, every image once
+    for name, (p0, p1) in inferred.items():
+        assert abs(p0 + p1 - 1.0) < 1e-4  # per-class probabilities
+        assert p1 == pytest.approx(evaluated[name][1], abs=1e-5), name  # same model, same preprocessing
 
 
 @pytest.mark.parametrize("attention", ["softmax", "sima"])
@@ -75,7 +94,19 @@ def test_vindr_attention_variant_by_override(vindr_data, tmp_path, attention):
     io = _io(tmp_path, vindr_data)
     run_bundle(VINDR, ["train.yaml"], "training", epochs=1, image_size=64, **{"network_def#attention": attention},
                **io)
-    assert (tmp_path / "models" / "model.pt").is_file()
+    from monai.bundle import ConfigParser
+
+    weights = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not [k for k in weights if "gamma" in k or "beta" in k], "softmax-free parameters: the override was lost"
+    parser = ConfigParser()
+    parser.read_config(str(VINDR / "configs" / "train.yaml"))
+    parser.update({"image_size": 64, "network_def#attention": attention})
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(weights)  # strict: exactly the parameters of the variant
+    default = ConfigParser()
+    default.read_config(str(VINDR / "configs" / "train.yaml"))
+    default["image_size"] = 64
+    assert "blocks.0.attn.q_gamma" in default.get_parsed_content("network_def").state_dict()  # the default differs
 
 
 def test_duke_train_evaluate_infer(duke_data, tmp_path):
@@ -83,10 +114,14 @@ def test_duke_train_evaluate_infer(duke_data, tmp_path):
     size = [32, 32, 8]
     run_bundle(DUKE, ["train.yaml"], "training", epochs=1, image_size=size, **io)
     run_bundle(DUKE, ["train.yaml", "evaluate.yaml"], image_size=size, **io)
-    assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("test_auroc")
+    test = json.loads((duke_data / "datalist.json").read_text())["test"]
+    evaluated = _check_auroc_against_predictions(tmp_path / "eval", duke_data, test)
     run_bundle(DUKE, ["inference.yaml"], image_size=size, dataset_dir=str(duke_data),
                ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "infer"))
-    assert (tmp_path / "infer" / "predictions.csv").is_file()
+    inferred = _predictions(tmp_path / "infer" / "predictions.csv")
+    assert inferred.keys() == evaluated.keys()
+    for name, (_, p1) in inferred.items():
+        assert p1 == pytest.approx(evaluated[name][1], abs=1e-5), name
 
 
 def test_vindr_ddp_two_cpu_processes(vindr_data, tmp_path):
