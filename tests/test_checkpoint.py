@@ -21,6 +21,7 @@ from monai_ext.reports import (
 )
 from monai_ext.utils.checkpoint import (
     CheckpointError,
+    SafeCheckpointLoader,
     UnsafeCheckpointError,
     convert_checkpoint,
     load_checkpoint,
@@ -74,6 +75,8 @@ def test_every_load_path_refuses_a_malicious_pickle(tmp_path, caplog):
         Dataset([{"image": torch.zeros(1, 32, 32), "label": 0}]), batch_size=1))
     with pytest.raises(CheckpointMismatchError, match=rf"{path}: holds pickled"):
         EvaluationReport(tmp_path / "eval", ckpt_path=path, network=net).attach(evaluator)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{path}: holds pickled"):  # evaluate.yaml's loader
+        SafeCheckpointLoader(load_path=str(path), load_dict={"model": net})(evaluator)
     with pytest.raises(CheckpointError, match=rf"{path}: holds pickled"):
         transfer_weights(ViT(**{**TINY, "attention": "softmax_free"}), str(path))
     with pytest.raises(bt.BundleError, match=rf"{path}: holds pickled"):
@@ -90,6 +93,27 @@ def test_every_load_path_refuses_a_malicious_pickle(tmp_path, caplog):
     assert "convert-checkpoint --trust-pickle" in errors[0]
     assert not (tmp_path / "pkg.zip").exists() and not (tmp_path / "safe.pt").exists()
     assert not marker.exists()
+
+
+def test_safe_checkpoint_loader_restores_like_monais(tmp_path):
+    """``SafeCheckpointLoader`` (the bundles' evaluate.yaml) loads what MONAI's ``CheckpointLoader`` loads: a
+    plain state dict into a one-object ``load_dict``, and a multi-object checkpoint by key."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+
+    torch.manual_seed(0)
+    trained, fresh = ViT(**TINY), ViT(**TINY)
+    evaluator = SupervisedEvaluator(device="cpu", network=fresh, val_data_loader=DataLoader(
+        Dataset([{"image": torch.zeros(1, 32, 32), "label": 0}]), batch_size=1))
+    torch.save(trained.state_dict(), tmp_path / "plain.pt")
+    SafeCheckpointLoader(load_path=str(tmp_path / "plain.pt"), load_dict={"model": fresh})(evaluator)
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)
+    other = ViT(**TINY)
+    torch.save({"model": other.state_dict(), "epoch": 3}, tmp_path / "multi.pt")
+    SafeCheckpointLoader(load_path=str(tmp_path / "multi.pt"), load_dict={"model": fresh})(evaluator)
+    for k, v in other.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)
 
 
 def test_layouts_and_prefixes(tmp_path):

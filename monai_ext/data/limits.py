@@ -131,7 +131,8 @@ def check_image_header(path: str | os.PathLike, out_itemsize: int = 1) -> tuple[
             bands = len(im.getbands())
             mode = im.mode
     except Image.DecompressionBombError as e:
-        raise DataError(path, f"image header declares too many pixels (Pillow's decompression-bomb guard: {e})") from e
+        raise SizeLimitError(path, f"image header declares too many pixels (Pillow's decompression-bomb guard: "
+                                   f"{e})") from e
     except Exception as e:
         raise DataError(path, f"cannot read image header ({type(e).__name__}: {e})") from e
     per_band = 2 if mode.startswith("I;16") else (4 if mode in ("I", "F") else 1)

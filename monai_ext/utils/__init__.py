@@ -10,9 +10,10 @@ from typing import Any
 
 _EXPORTS = {
     name: "checkpoint"
-    for name in ("CKPT_KEYS", "CheckpointError", "CheckpointMismatchError", "StateDiff", "TransferReport",
-                 "UnsafeCheckpointError", "compare_state_dict", "convert_checkpoint", "load_checkpoint",
-                 "load_state_dict", "state_dict_of", "transfer_weights", "unwrap")
+    for name in ("CKPT_KEYS", "CheckpointError", "CheckpointMismatchError", "SafeCheckpointLoader", "StateDiff",
+                 "TransferReport", "UnsafeCheckpointError", "compare_state_dict", "convert_checkpoint",
+                 "load_checkpoint", "load_state_dict", "state_dict_of",
+                 "transfer_weights", "unwrap")
 }
 
 __all__ = list(_EXPORTS)

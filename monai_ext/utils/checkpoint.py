@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import CheckpointLoader
+from monai.networks.utils import copy_model_state
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ __all__ = [
     "CKPT_KEYS",
     "CheckpointError",
     "CheckpointMismatchError",
+    "SafeCheckpointLoader",
     "StateDiff",
     "TransferReport",
     "UnsafeCheckpointError",
@@ -169,6 +172,35 @@ def compare_state_dict(state: Mapping[str, Any], expected: Mapping[str, torch.Te
         shapes=[f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(v.shape)}" for k, v in expected.items()
                 if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)],
     )
+
+
+# ------------------------------------------------------------------------------------ MONAI CheckpointLoader
+class SafeCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (same arguments and behaviour) reading the file with :func:`load_checkpoint`,
+    i.e. ``torch.load(weights_only=True)``, on every MONAI version: MONAI 1.5's own loader (MONAI Label's
+    environment) calls ``torch.load(weights_only=False)``. A pickled object is refused with the file named."""
+
+    def __call__(self, engine: Any) -> None:
+        from ignite.handlers import Checkpoint
+
+        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        first = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and first not in checkpoint:  # a single object saved as its state dict
+            checkpoint = {first: checkpoint}
+        if not self.strict_shape:
+            for name, obj in list(self.load_dict.items()):
+                if isinstance(obj, nn.Module):
+                    checkpoint[name] = copy_model_state(obj, checkpoint, inplace=False)[0]
+                else:
+                    logger.warning("strict_shape is False: loading the model only, not %r", name)
+                    self.load_dict.pop(name)
+        prior_max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise ValueError(f"{self.load_path}: epoch count ({engine.state.epoch}) in the checkpoint is larger than "
+                             f"the engine's max_epochs ({prior_max_epochs})")
+        engine.state.max_epochs = prior_max_epochs
+        self.logger.info("Restored all variables from %s", self.load_path)
 
 
 # ------------------------------------------------------------------------------------------ weight transfer
