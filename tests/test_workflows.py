@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from resume_utils import assert_same_run_state
 
 from monai_ext.networks import APFUNETR
 from monai_ext.transforms import quadtree_patch, quadtree_unpatch
@@ -113,7 +114,7 @@ def _tiny_trainer(ckpt_dir, resume=False, epochs=2):
 
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)  # per-parameter state that a resume must keep
     data = [{"image": torch.randn(2, 4), "label": torch.tensor([0, 1])} for _ in range(3)]
     trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net,
                                 optimizer=opt, loss_function=torch.nn.CrossEntropyLoss())
@@ -122,13 +123,18 @@ def _tiny_trainer(ckpt_dir, resume=False, epochs=2):
 
 
 def test_resumable_checkpoint_saves_and_resumes(tmp_path):
-    trainer, net = _tiny_trainer(tmp_path)
+    trainer, _ = _tiny_trainer(tmp_path)
     trainer.run()
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["checkpoint_epoch=2.pt"]  # newest only, nothing left over
-    trainer2, net2 = _tiny_trainer(tmp_path, resume=True, epochs=3)
+    assert files == ["checkpoint_epoch=2.pt", "run.json"]  # newest only, nothing left over
+    trainer2, _ = _tiny_trainer(tmp_path, resume=True, epochs=3)
     trainer2.run()
     assert trainer2.state.epoch == 3 and trainer2.state.iteration == 9  # went on from epoch 2
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=3.pt"]
+    ref, _ = _tiny_trainer(tmp_path / "ref", epochs=3)
+    ref.run()
+    # weights and SGD momentum buffers equal those of the uninterrupted run, exactly
+    assert_same_run_state(tmp_path / "checkpoint_epoch=3.pt", tmp_path / "ref" / "checkpoint_epoch=3.pt")
 
 
 def test_resumable_checkpoint_write_is_atomic(tmp_path, monkeypatch):
