@@ -45,6 +45,23 @@ def init_distributed() -> bool:
     return True
 
 
+def shutdown_distributed() -> None:
+    """Tear the default process group down on every rank together (the ``finalize`` of the multi_gpu configs).
+
+    A barrier first, so that no rank destroys its process group and exits while a peer is still working (rank 0
+    writing a report after a gather) or still tearing down: with gloo, such a rank could abort at exit
+    ("terminate called without an active exception"). No-op without a process group; not reached when the
+    run failed (MONAI skips ``finalize`` then), so a dead peer cannot block it.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        logger.info("process group destroyed")
+
+
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
