@@ -18,6 +18,7 @@ from bundle_utils import BUNDLES, bundle_cmd, run_bundle
 import torch
 
 from monai_ext.data import btcv
+from monai_ext.utils.checkpoint import load_checkpoint
 
 BUNDLE = BUNDLES / "apf_unetr_btcv_segmentation"
 # a small network and 16 APF tokens per 32 x 32 slice keep one epoch to seconds
@@ -54,7 +55,7 @@ def test_train_evaluate_infer(data, tmp_path):
     assert "val_mean_dice" in log and "val_organ_dice" in log
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
-    state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(models / "checkpoint_epoch=1.pt")  # the package's loader: weights_only=True
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     weights = torch.load(models / "model.pt", map_location="cpu")
     assert weights.keys() == state["network"].keys()
