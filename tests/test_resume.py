@@ -154,8 +154,16 @@ def _run_process(ckpt_dir: Path, history: Path, resume: bool, kill: tuple | None
     return p.exitcode
 
 
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> None:
+    """One short run in this process first, so that forked children start with MONAI's lazy imports done
+    (0.4 s instead of 8 s per child)."""
+    trainer, *_ = _build(tmp_path_factory.mktemp("warm"), epochs=1)
+    trainer.run()
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd_momentum"])
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, optimizer):
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, optimizer, warm):
     rng = random.Random(f"faults-{optimizer}")
     kinds = ["iteration", "validation", "checkpoint_write", "after_checkpoint"]
     epochs = sorted(rng.sample(range(1, EPOCHS), 4))  # increasing, so that every resumed run gets killed again
