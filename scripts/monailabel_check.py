@@ -251,7 +251,7 @@ def check_segmentation(name: str, payload: bytes, disposition: str, image: Path,
     values = sorted(int(v) for v in np.unique(label))
     if not set(values) <= allowed:
         raise CheckFailed(f"[{name}] label values {values} outside channel_def {sorted(allowed)}")
-    refs = [p for p in direct.rglob(f"*{ext}")]
+    refs = [p for p in direct.rglob(f"*{ext}") if not p.name.endswith(f"_view{ext}")]  # not the 0/255 copy
     if len(refs) != 1:
         raise CheckFailed(f"[{name}] expected one output of the bundle's own run in {direct}, found {refs}")
     ref, _ = _load_label(refs[0])

@@ -80,7 +80,7 @@ def test_train_evaluate_infer(data, tmp_path):
     run_bundle(["inference.yaml"], ckpt_dir=io["ckpt_dir"], output_dir=str(tmp_path / "inf"),
                input_files=[str(src), str(crop)], **TINY)
     for inp in (src, crop):
-        out = tmp_path / "inf" / f"{inp.stem}_viable.png"
+        out = tmp_path / "inf" / f"{inp.stem}_prediction.png"
         assert out.is_file(), sorted(p.name for p in (tmp_path / "inf").iterdir())
         mask = _png(out)
         assert mask.shape == _png(inp).shape[:2] and mask.dtype == np.uint8

@@ -17,7 +17,12 @@ import pytest
 from monai_ext.cli import main as cli_main
 from monai_ext.data import btcv
 from monai_ext.data import vindr_cxr as vindr
-from monai_ext.data.common import DataError, check_image_content, data_origin, split_problems
+from monai_ext.data.common import (
+    DataError,
+    check_image_content,
+    data_origin,
+    split_problems,
+)
 from monai_ext.workflows.checks import DatasetError, check_datalist
 
 
