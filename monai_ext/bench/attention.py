@@ -2,17 +2,21 @@
 
 One 2D ViT shape for every model; image sizes from 224 px to 2048 px (196 to 16384 tokens at patch
 16), batch 1. Models: our ViT (:class:`monai_ext.networks.ViT`) with ``softmax_free``, ``sima`` and
-``softmax`` (SDPA) attention, and MONAI's own :class:`monai.networks.nets.ViT`, plain (einsum and
+``softmax`` (SDPA) attention, the same ViT with plain linear attention ``Q (K^T V) / N`` and no
+normalization (:class:`monai_ext.bench.tasks.PlainLinearAttention`: the cost floor of any linear
+attention; ratios to it are reported), and MONAI's own :class:`monai.networks.nets.ViT`, plain (einsum and
 softmax, materializes the ``N x N`` attention) and with every ``SABlock`` on its
 ``use_flash_attention`` (SDPA) path. Measured per model and size, in fresh worker processes,
 interleaved, median of repeats: training-step time (forward, loss, backward, AdamW step), inference
 time (forward in ``inference_mode``), and peak memory of each (see :mod:`monai_ext.bench.worker`).
 
 A second pass times one attention layer alone (``module``: qkv projection to output projection;
-``core``: what lies between the projections; ``matmul``: the two products ``Q (K^T V)``) and turns
-the times into achieved GFLOP/s against the machine's measured GEMM GFLOP/s. FLOPs counted (forward,
+``core``: what lies between the projections -- for ``softmax_free`` the fold, which absorbs the output
+projection, so its ``core`` includes it; ``matmul``: the two products ``Q (K^T V)``) and turns the
+times into achieved GFLOP/s against the machine's measured GEMM GFLOP/s. FLOPs counted (forward,
 multiply-add = 2): linear attentions ``4 N d^2 h`` (``K^T V`` then ``Q (K^T V)``), softmax attention
-``4 N^2 d h`` (``Q K^T`` then ``P V``), projections ``8 N C^2``.
+``4 N^2 d h`` (``Q K^T`` then ``P V``), projections ``8 N C^2`` (the same counts for every attention,
+whatever an implementation actually executes).
 
 Configurations predicted not to fit in memory (MONAI's plain path stores ``h N^2`` fp32 scores per
 layer for backward: ``(layers + 2) h N^2 4`` bytes for training, ``2 h N^2 4`` for inference,
@@ -33,6 +37,8 @@ from typing import Any, Optional
 from .machine import GIB, MachineInfo, available_memory_bytes
 from .report import artifact_dir, fmt_num, fmt_ratio, md_table, plot_lines, update_section, write_csv
 from .runner import Config, Measurement, measure_interleaved
+
+FLOOR = "linear_floor"  # == monai_ext.bench.tasks.FLOOR (not imported here: tasks imports the networks)
 
 __all__ = ["Variant", "VARIANTS", "AttentionBenchSettings", "run_attention_bench", "attention_core_flops",
            "plain_attention_bytes", "extrapolate", "scaling_pass", "core_pass", "profile_pass", "scaling_table",
@@ -58,6 +64,7 @@ VARIANTS: dict[str, Variant] = {
     v.key: v
     for v in (
         Variant("softmax_free", "ours: softmax_free", "monai_ext", "softmax_free", False, False),
+        Variant("floor", "plain linear attention (floor)", "monai_ext", FLOOR, False, False),
         Variant("sima", "ours: sima", "monai_ext", "sima", False, False),
         Variant("softmax", "ours: softmax (SDPA)", "monai_ext", "softmax", False, True),
         Variant("monai_plain", "MONAI ViT (plain)", "monai", "plain", True, True),
@@ -120,7 +127,7 @@ class AttentionBenchSettings:
 def attention_core_flops(attention: str, tokens: int, hidden: int, heads: int) -> float:
     """Forward FLOPs of the attention core (between the projections) of one layer."""
     d = hidden // heads
-    if attention in ("softmax_free", "sima"):
+    if attention in ("softmax_free", "sima", FLOOR):
         return 4.0 * tokens * d * d * heads
     return 4.0 * tokens * tokens * d * heads
 
@@ -274,9 +281,18 @@ def _row(m: Measurement, v: Variant, px: str, tokens: int, pred: dict[str, float
     }
 
 
+def _ratio(a: Any, b: Any) -> float:
+    ok = all(isinstance(v, (int, float)) and not math.isnan(v) and v > 0 for v in (a, b))
+    return a / b if ok else math.nan
+
+
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     by = {(r["model"], r["tokens"]): r for r in rows}
     for r in rows:
+        floor, sdpa = by.get(("floor", r["tokens"]), {}), by.get(("monai_sdpa", r["tokens"]), {})
+        r["train_vs_floor"] = _ratio(r["train_s"], floor.get("train_s"))
+        r["infer_vs_floor"] = _ratio(r["infer_s"], floor.get("infer_s"))
+        r["train_mem_vs_monai_sdpa"] = _ratio(r["train_peak_mib"], sdpa.get("train_peak_mib"))
         for ref in REFERENCES:
             b = by.get((ref, r["tokens"]))
             for q in ("train_s", "infer_s"):
@@ -287,7 +303,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
                 r[f"{q.split('_')[0]}_mem_ratio_vs_{ref}"] = val
 
 
-CORE_VARIANTS = ("softmax_free", "sima", "softmax", "monai_plain")
+CORE_VARIANTS = ("softmax_free", "floor", "sima", "softmax", "monai_plain")
 
 
 def core_pass(s: AttentionBenchSettings, gemm_gflops: float) -> list[dict[str, Any]]:
@@ -324,10 +340,15 @@ def core_pass(s: AttentionBenchSettings, gemm_gflops: float) -> list[dict[str, A
             core_f = attention_core_flops(v.attention if v.impl == "monai_ext" else "softmax", tokens, s.hidden,
                                           s.heads)
             mod_f = core_f + projection_flops(tokens, s.hidden)
-            row = {"model": key, "label": v.label, "tokens": tokens, "status": m.status, "note": m.note,
+            mm_f = core_f
+            note = m.note
+            if key == "softmax_free":  # the fold absorbs the output projection: its core includes it
+                core_f += 2.0 * tokens * s.hidden * s.hidden
+                note = note or "core includes the output projection (folded into it)"
+            row = {"model": key, "label": v.label, "tokens": tokens, "status": m.status, "note": note,
                    "module_s": m.median("module"), "core_s": m.median("core"), "matmul_s": m.median("matmul"),
                    "core_gflop": core_f / 1e9, "module_gflop": mod_f / 1e9}
-            for part, fl in (("core", core_f), ("module", mod_f), ("matmul", core_f)):
+            for part, fl in (("core", core_f), ("module", mod_f), ("matmul", mm_f)):
                 t = row[f"{part}_s"]
                 row[f"{part}_gflops"] = fl / t / 1e9 if t and not math.isnan(t) else math.nan
                 row[f"{part}_pct_gemm"] = 100.0 * row[f"{part}_gflops"] / gemm_gflops if gemm_gflops else math.nan
@@ -421,20 +442,52 @@ def _target_lines(rows: list[dict[str, Any]], core_rows: list[dict[str, Any]], s
         lines.append("- softmax_free attention vs the machine's GEMM GFLOP/s: not assessed (GEMM not measured).")
     elif c and c["status"] == "ok":
         pct = c["core_pct_gemm"]
-        mm_share = c["matmul_s"] / c["core_s"] if c["core_s"] else math.nan
         lines.append(
-            f"- softmax_free attention at >= 50% of the machine's GEMM GFLOP/s: {verdict(pct >= 50)} "
-            f"(core {c['core_gflops']:.1f} GFLOP/s = {pct:.0f}% of {machine.gemm_gflops:.0f}; the two products "
-            f"alone {c['matmul_gflops']:.1f} GFLOP/s = {c['matmul_pct_gemm']:.0f}%; whole layer incl. projections "
-            f"{c['module_gflops']:.1f} GFLOP/s = {c['module_pct_gemm']:.0f}%)."
+            f"- softmax_free attention core at >= 50% of the machine's GEMM GFLOP/s: {verdict(pct >= 50)} "
+            f"(core incl. the folded output projection {c['core_gflops']:.1f} GFLOP/s = {pct:.0f}% of "
+            f"{machine.gemm_gflops:.0f}; the two products Q (K^T V) alone, on contiguous heads, "
+            f"{c['matmul_gflops']:.1f} GFLOP/s = {c['matmul_pct_gemm']:.0f}%)."
             + ("" if pct >= 50 else
-               f" Missed by {50 / pct:.1f}x. Why: the core does only 4 N d^2 h = {c['core_gflop']:.2f} GFLOP on "
-               f"{3 * n * s.hidden * 4 / MIB:.0f} MiB of q/k/v; the sequence normalization (mean, variance, "
-               f"scale and shift of q, k and v over the tokens) is element-wise, bound by memory bandwidth "
-               f"({machine.copy_gbps:.0f} GB/s here), and takes {100 * (1 - mm_share):.0f}% of the core's time; "
-               f"the products themselves are thin (d = {s.hidden // s.heads}) matrices whose reduction runs "
-               f"over N."))
+               f" Why: the attention products are thin (d = {s.hidden // s.heads}: K^T V is a d x d result of a "
+               f"reduction over N, Q M a rank-d update) and reach only {c['matmul_pct_gemm']:.0f}% of GEMM even "
+               f"alone; the statistics are passes over {3 * n * s.hidden * 4 / MIB:.0f} MiB of q/k/v, bound by "
+               f"memory bandwidth ({machine.copy_gbps:.0f} GB/s here)."))
+    lines += _floor_target_lines(by, core, n, machine)
     return lines
+
+
+def _floor_target_lines(by: dict, core: dict, n: int, machine: MachineInfo) -> list[str]:
+    """The cost targets of the folded softmax_free (issue 15) at ``n`` tokens: training step vs the plain
+    linear floor, training memory vs MONAI's SDPA ViT, attention layer forward vs the machine's GEMM."""
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    sf, floor, sdpa = by.get(("softmax_free", n)), by.get(("floor", n)), by.get(("monai_sdpa", n))
+    out = []
+    if sf and floor and not math.isnan(sf.get("train_vs_floor", math.nan)):
+        r = sf["train_vs_floor"]
+        out.append(f"- softmax_free training step <= 1.10x plain linear attention (the floor): {verdict(r <= 1.10)} "
+                   f"({r:.2f}x; {sf['train_s']:.3g} s vs {floor['train_s']:.3g} s; inference "
+                   f"{sf['infer_vs_floor']:.2f}x).")
+    else:
+        out.append("- softmax_free training step vs the floor: not assessable (one of them did not run).")
+    if sf and sdpa and not math.isnan(sf.get("train_mem_vs_monai_sdpa", math.nan)):
+        r = sf["train_mem_vs_monai_sdpa"]
+        out.append(f"- softmax_free training memory <= MONAI ViT SDPA's: {verdict(r <= 1.0)} ({r:.2f}x; "
+                   f"{sf['train_peak_mib']:.0f} MiB vs {sdpa['train_peak_mib']:.0f} MiB; floor "
+                   f"{floor['train_peak_mib'] if floor else math.nan:.0f} MiB).")
+    else:
+        out.append("- softmax_free training memory vs MONAI SDPA: not assessable (one of them did not run).")
+    c = core.get(("softmax_free", n))
+    if c and c["status"] == "ok" and machine.gemm_gflops:
+        pct = c["module_pct_gemm"]
+        fl = core.get(("floor", n), {})
+        out.append(f"- softmax_free attention layer forward >= 25% of the machine's GEMM GFLOP/s: {verdict(pct >= 25)} "
+                   f"({c['module_gflops']:.1f} GFLOP/s = {pct:.0f}% of {machine.gemm_gflops:.0f}, FLOPs counted as "
+                   f"8 N C^2 + 4 N d^2 h; the floor's layer {fl.get('module_gflops', math.nan):.1f} GFLOP/s = "
+                   f"{fl.get('module_pct_gemm', math.nan):.0f}%).")
+    return out
 
 
 def method_text(s: AttentionBenchSettings) -> str:
@@ -455,14 +508,15 @@ def method_text(s: AttentionBenchSettings) -> str:
 
 SCALING_COLUMNS = [("tokens", "tokens"), ("image", "input"), ("label", "model"), ("train_s", "train step s"),
                    ("train_repeats", "n"), ("infer_s", "inference s"), ("train_peak_mib", "train peak MiB"),
-                   ("infer_peak_mib", "infer peak MiB"),
+                   ("infer_peak_mib", "infer peak MiB"), ("train_vs_floor", "train step / floor"),
+                   ("train_mem_vs_monai_sdpa", "train memory / MONAI SDPA"),
                    ("train_speedup_vs_monai_plain", "train speed-up vs MONAI plain"),
                    ("train_speedup_vs_monai_sdpa", "vs MONAI SDPA"),
                    ("train_mem_ratio_vs_monai_plain", "train memory ratio vs MONAI plain"), ("note", "note")]
 
 
 def scaling_table(rows: list[dict[str, Any]]) -> str:
-    fm = {k: fmt_ratio for k, _ in SCALING_COLUMNS if "speedup" in k or "ratio" in k}
+    fm = {k: fmt_ratio for k, _ in SCALING_COLUMNS if "speedup" in k or "ratio" in k or "_vs_" in k}
     fm["note"] = lambda v: v or ""
     order = list(VARIANTS)
     return md_table(sorted(rows, key=lambda r: (r["tokens"], order.index(r["model"]))), SCALING_COLUMNS, fm)
@@ -507,8 +561,10 @@ def _section(s: AttentionBenchSettings, rows, core_rows, profile_rows, profile_s
         out += ["", "### Attention layer alone: achieved GFLOP/s (forward)", "",
                 f"One attention layer on (1, N, {s.hidden}) tokens, inference mode, median of {s.repeats}. "
                 f"FLOPs counted: linear attentions 4 N d^2 h, softmax 4 N^2 d h, projections 8 N C^2. `core` = "
-                f"everything between the qkv and output projections (for softmax_free: the sequence normalization "
-                f"and both products); `matmul` = the products Q (K^T V) only; `layer` = the whole module. "
+                f"everything between the qkv and output projections (for softmax_free: the fold -- statistics, "
+                f"K^T V and the product with the per-sample folded output weight, which includes the output "
+                f"projection; counted as 4 N d^2 h + 2 N C^2); `matmul` = the products Q (K^T V) only, on "
+                f"contiguous per-head tensors; `layer` = the whole module (8 N C^2 + 4 N d^2 h). "
                 f"Machine GEMM: {machine.gemm_gflops:.1f} GFLOP/s.", ""]
         ccols = [("tokens", "tokens"), ("label", "attention"), ("core_s", "core ms"), ("core_gflops", "core GFLOP/s"),
                  ("core_pct_gemm", "core % GEMM"), ("matmul_gflops", "matmul GFLOP/s"),

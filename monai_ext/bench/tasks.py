@@ -3,7 +3,8 @@
 Each builder takes JSON-able keyword arguments and returns an object with ``commands`` (name ->
 zero-argument callable, what is timed) and ``info`` (facts such as the parameter count).
 
-- :func:`vit_task`: a ViT, ours (``monai_ext.networks.ViT``, any registered attention) or MONAI's own
+- :func:`vit_task`: a ViT, ours (``monai_ext.networks.ViT``, any registered attention, or
+  :class:`PlainLinearAttention`, the cost floor of linear attention) or MONAI's own
   (``monai.networks.nets.ViT``, plain or with its SDPA path); commands ``infer`` (forward in
   ``inference_mode``) and ``train`` (forward, loss, backward, AdamW step).
 - :func:`attention_core_task`: one attention layer alone on ``(1, N, C)`` tokens; commands ``module``
@@ -21,7 +22,24 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["ModelTask", "vit_task", "build_vit", "attention_core_task", "segmentation_task"]
+from monai_ext.networks.attention import MultiHeadAttentionBase
+
+__all__ = ["ModelTask", "vit_task", "build_vit", "attention_core_task", "segmentation_task", "PlainLinearAttention",
+           "FLOOR"]
+
+#: the ``attention`` name of the floor in :func:`build_vit` / :func:`attention_core_task` (impl ``monai_ext``)
+FLOOR = "linear_floor"
+
+
+class PlainLinearAttention(MultiHeadAttentionBase):
+    """Plain linear attention ``Q (K^T V) / N`` per head, no normalization, no mask: the cost floor of any
+    attention that is linear in ``N`` (same projections as the registered types). A benchmark reference
+    only, not registered (unnormalized, it is not meant for training)."""
+
+    attention_name = FLOOR
+
+    def attend(self, q, k, v, mask):
+        return torch.matmul(q, torch.matmul(k.transpose(-2, -1), v) / q.shape[2])
 
 
 class ModelTask:
@@ -77,6 +95,13 @@ def build_vit(impl: str, attention: str, in_channels: int, img_size: Sequence[in
     common = dict(in_channels=in_channels, img_size=tuple(img_size), patch_size=tuple(patch_size),
                   hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads,
                   spatial_dims=spatial_dims, classification=False, dropout_rate=0.0, qkv_bias=False)
+    if impl == "monai_ext" and attention == FLOOR:  # our ViT with every attention swapped for the floor
+        from monai_ext.networks import ViT
+
+        net = ViT(attention="softmax", **common)
+        for blk in net.blocks:
+            blk.attn = PlainLinearAttention(hidden_size, num_heads)
+        return net
     if impl == "monai_ext":
         from monai_ext.networks import ViT
 
@@ -116,14 +141,18 @@ class AttentionCoreTask:
         if impl == "monai_ext":
             from monai_ext.networks import build_attention
 
-            self.attn = build_attention(attention, hidden_size=hidden_size, num_heads=num_heads).eval()
+            if attention == FLOOR:
+                self.attn = PlainLinearAttention(hidden_size, num_heads).eval()
+            else:
+                self.attn = build_attention(attention, hidden_size=hidden_size, num_heads=num_heads).eval()
             with torch.inference_mode():
-                q, k, v = self.attn.qkv(self.x).chunk(3, dim=-1)
+                self.qkv = self.attn.qkv(self.x)
+                q, k, v = self.qkv.chunk(3, dim=-1)
                 self.q, self.k, self.v = q.clone(), k.clone(), v.clone()
                 qn, kn, vn = self.attn.project(q, k, v, None)
                 self.qh, self.kh, self.vh = (self.attn._split_heads(t).contiguous() for t in (qn, kn, vn))
-            self.commands["core"] = self._core_ext
-            if attention in ("softmax_free", "sima"):
+            self.commands["core"] = self._core_fold if attention == "softmax_free" else self._core_ext
+            if attention in ("softmax_free", "sima", FLOOR):
                 self.commands["matmul"] = self._matmul
         elif impl == "monai":
             from monai.networks.blocks import SABlock
@@ -148,6 +177,13 @@ class AttentionCoreTask:
             q, k, v = a.project(self.q, self.k, self.v, None)
             out = a.attend(a._split_heads(q), a._split_heads(k), a._split_heads(v), None)
             a._merge_heads(out)
+
+    def _core_fold(self) -> None:
+        """softmax_free: the fold from the qkv output to the layer output; the output projection is folded
+        into it (``Q~ M W_o^T`` as one product), so it is part of this time."""
+        a = self.attn
+        with torch.inference_mode():
+            a._fold(self.qkv, None)
 
     def _matmul(self) -> None:
         with torch.inference_mode():
