@@ -341,7 +341,7 @@ class _SoftmaxFreeFold(torch.autograd.Function):
                 d_wp = a_q.unsqueeze(-1) * pc + b_q.view(1, c, 1) * s.unsqueeze(1)  # Q~^T dy
                 db_q = torch.bmm(wp, s.unsqueeze(-1)).squeeze(-1)
                 dgraw_q = (pc * wp).sum(dim=-1)
-                torch.bmm(dy, (a_q.unsqueeze(-1) * wp).transpose(1, 2), out=dq)
+                torch.bmm(dy, (a_q.unsqueeze(-1) * wp).transpose(1, 2), out=dq)  # a_q dQ~ = dy (a_q W')^T
                 wt = w_o.t().reshape(h, d, hid)
                 d_wp4 = d_wp.reshape(bsz, h, d, hid)
                 dm = torch.matmul(d_wp4, wt.transpose(-2, -1))  # (B, h, d, d)
@@ -364,10 +364,9 @@ class _SoftmaxFreeFold(torch.autograd.Function):
             coef_q = -(a_q * r_q * r_q / nc) * dgraw_q
             const_q = -(a_q / nc) * db_q - coef_q * mu_q
             if mk is None:
-                dq.add_(const_q.unsqueeze(1))
+                dq.addcmul_(q, coef_q.unsqueeze(1)).add_(const_q.unsqueeze(1))
             else:
-                dq.addcmul_(mk, const_q.unsqueeze(1))
-            dq.addcmul_(q, coef_q.unsqueeze(1))
+                dq.addcmul_(q, coef_q.unsqueeze(1)).addcmul_(mk, const_q.unsqueeze(1))
             # through M = (diag(a_k) G diag(a_v) + N beta_k beta_v^T) / N
             dt = dm / nc.reshape(bsz, 1, 1, 1)
             a_k4, a_v4 = a_k.reshape(bsz, h, d, 1), a_v.reshape(bsz, h, 1, d)
@@ -384,18 +383,18 @@ class _SoftmaxFreeFold(torch.autograd.Function):
             mu_k4, mu_v4 = mu_k.reshape(bsz, h, 1, d), mu_v.reshape(bsz, h, 1, d)
             const_k = -torch.matmul(mu_v4, dg.transpose(-2, -1)).reshape(bsz, c) - coef_k * mu_k
             const_v = -torch.matmul(mu_k4, dg).reshape(bsz, c) - coef_v * mu_v
-            for b in range(bsz):
-                vh = v[b].view(n, h, d).transpose(0, 1)  # (h, N, d) views, written in place
+            zero = torch.zeros(1, 1, 1, dtype=ct, device=x.device)
+            for b in range(bsz):  # per-head products written in place into dqkv through (h, N, d) views
+                vh = v[b].view(n, h, d).transpose(0, 1)
                 kh = k[b].view(n, h, d).transpose(0, 1)
-                torch.bmm(vh, dg[b].transpose(-2, -1), out=dqkv[b, :, c : 2 * c].view(n, h, d).transpose(0, 1))
-                torch.bmm(kh, dg[b], out=dqkv[b, :, 2 * c :].view(n, h, d).transpose(0, 1))
+                ck = const_k[b].view(h, 1, d) if mk is None else zero
+                cv = const_v[b].view(h, 1, d) if mk is None else zero
+                torch.baddbmm(ck, vh, dg[b].transpose(-2, -1), out=dqkv[b, :, c : 2 * c].view(n, h, d).transpose(0, 1))
+                torch.baddbmm(cv, kh, dg[b], out=dqkv[b, :, 2 * c :].view(n, h, d).transpose(0, 1))
             dk, dv = dqkv[..., c : 2 * c], dqkv[..., 2 * c :]
             dk.addcmul_(k, coef_k.unsqueeze(1))
             dv.addcmul_(v, coef_v.unsqueeze(1))
-            if mk is None:
-                dk.add_(const_k.unsqueeze(1))
-                dv.add_(const_v.unsqueeze(1))
-            else:
+            if mk is not None:
                 dk.addcmul_(mk, const_k.unsqueeze(1))
                 dv.addcmul_(mk, const_v.unsqueeze(1))
             d_gammas = torch.cat([(r_q * dgraw_q).sum(0), (r_k * da_k).sum(0), (r_v * da_v).sum(0)])
