@@ -77,21 +77,20 @@ def _public_attrs(obj: Any, depth: int, seen: set[int], primitive_only: bool = F
 
 
 def _normalize_paths(data: Sequence[Any]) -> Any:
-    """The datalist with path strings made relative to their common folder."""
-    paths = [v for item in data if isinstance(item, Mapping) for v in item.values()
-             if isinstance(v, str) and os.sep in v]
+    """The datalist with absolute paths made relative to their common folder (relative paths are kept)."""
+    paths = {v for item in data if isinstance(item, Mapping) for v in item.values()
+             if isinstance(v, str) and os.path.isabs(v)}
     if not paths:
         return describe(list(data))
-    absolute = [os.path.abspath(p) for p in paths]
     try:
-        common = os.path.commonpath(absolute)
+        common = os.path.commonpath(sorted(paths))
     except ValueError:  # mixed drives
         return describe(list(data))
-    if len(set(absolute)) == 1:
+    if len(paths) == 1:
         common = os.path.dirname(common)
 
     def rel(v: Any) -> Any:
-        return os.path.relpath(os.path.abspath(v), common) if isinstance(v, str) and os.sep in v else v
+        return os.path.relpath(v, common) if isinstance(v, str) and v in paths else v
 
     return [describe({k: rel(v) for k, v in item.items()}) if isinstance(item, Mapping) else describe(item)
             for item in data]
