@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 VINDR = "vindr_cxr_cardiomegaly_classification"
@@ -160,8 +159,8 @@ def test_limits_let_real_sizes_through(monkeypatch):
     from monai_ext.data import limits
     from monai_ext.data.common import DataError
 
-    monkeypatch.delenv(limits.ENV_PIXELS, raising=False)
-    monkeypatch.delenv(limits.ENV_BYTES, raising=False)
+    monkeypatch.setenv(limits.ENV_PIXELS, "")  # "" = the default; restored (unset) after the test
+    monkeypatch.setenv(limits.ENV_BYTES, "")
     limits.check_size("ct.nii.gz", (512, 512, 1000), 4)  # a long CT as float32: 1 GiB
     limits.check_size("slide.svs", (8192, 8192, 3), 1)  # the largest PAIP resolution
     limits.check_size("slide.svs", (25000, 25000, 3), 1)  # a mid pyramid level of a 100K x 100K slide
@@ -183,13 +182,12 @@ def test_prepare_max_pixels_option(tmp_path, monkeypatch, caplog):
     from monai_ext.cli import main as cli_main
     from monai_ext.data import btcv, limits
 
-    monkeypatch.delenv(limits.ENV_PIXELS, raising=False)
+    monkeypatch.setenv(limits.ENV_PIXELS, "")  # recorded, so the CLI's setting is undone after the test
     btcv.synthesize(tmp_path / "raw", cases=2, seed=0, size=(24, 24, 8))
     caplog.set_level(logging.WARNING)
     rc = cli_main(["prepare", "btcv", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
                    "--max-pixels", "1000"])
     assert os.environ.get(limits.ENV_PIXELS) == "1000"
-    monkeypatch.delenv(limits.ENV_PIXELS)
     assert rc == 1
     skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert skipped and all("above the limit of 1,000 elements" in s["reason"] for s in skipped)
@@ -309,6 +307,10 @@ def test_every_documented_server_command_is_local():
 def test_dependency_floors_exclude_vulnerable_versions():
     from packaging.requirements import Requirement
 
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
     deps = {Requirement(d).name.lower(): Requirement(d).specifier
             for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     cases = {
