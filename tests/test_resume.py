@@ -60,6 +60,7 @@ def _build(ckpt_dir: Path, *, resume: bool = False, lr: float = 0.05, optimizer:
     train = _data(12, 1)
     for i, item in enumerate(train):
         item["path"] = f"{data_dir}/img{i}.png"  # a datalist entry's file path (not read)
+        item["note"] = f"notes/{i}.txt"  # a relative path, e.g. PAIP's label_whole
     transform = Compose([RandFlipd(keys="image", prob=flip_prob, spatial_axis=0),
                          RandGaussianNoised(keys="image", prob=0.5, std=0.1)])
     loader = DataLoader(Dataset(train, transform), batch_size=4, shuffle=True, num_workers=num_workers)
