@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from bundle_utils import BUNDLES, ENV, bundle_cmd, run_bundle, torchrun_bundle
+from resume_utils import assert_same_run_state, assert_same_state
 import torch
 
 from monai_ext.data import duke, vindr_cxr
@@ -138,10 +139,12 @@ def test_vindr_ddp_two_cpu_processes(vindr_data, tmp_path):
     net.load_state_dict(state)  # single-object checkpoint: the state dict itself, no "module." prefix
 
 def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
-    io = _io(tmp_path, vindr_data)
+    """Killed (SIGKILL) after a checkpoint and resumed with ``--resume true``: network weights, AdamW state, LR
+    schedule, random state, best metric and ``model.pt`` equal those of an uninterrupted run, exactly."""
+    io = _io(tmp_path / "killed", vindr_data)
     cmd = bundle_cmd(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, **io)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=VINDR)
-    models = tmp_path / "models"
+    models = tmp_path / "killed" / "models"
     deadline = time.time() + 240
     # ignite writes a checkpoint to a temporary file and renames it, so one that is listed is complete
     while not list(models.glob("checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
@@ -154,11 +157,16 @@ def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
     assert resumed_from < 6, f"training finished before the kill: {done}"
     out = run_bundle(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, resume=True, **io)
     log = out.stdout + out.stderr
-    assert "resuming from" in log
-    assert f"Epoch: {resumed_from}/6" not in log and f"Epoch: {resumed_from + 1}/6" in log
-    state = torch.load(models / "checkpoint_epoch=6.pt", map_location="cpu", weights_only=False)
-    assert state["trainer"]["iteration"] == 6 * state["trainer"]["epoch_length"]
-    assert state["lr_scheduler"]["last_epoch"] == 6
+    assert f"from {done[-1]} (epoch {resumed_from} of 6)" in log
+    assert f"Epoch[{resumed_from}] Metrics -- train_loss" not in log  # one line per epoch, not per iteration
+    assert f"Epoch[{resumed_from + 1}] Metrics -- train_loss" in log and "Iter:" not in log
+
+    ref = tmp_path / "uninterrupted"
+    run_bundle(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, **_io(ref, vindr_data))
+    assert_same_run_state(models / "checkpoint_epoch=6.pt", ref / "models" / "checkpoint_epoch=6.pt")
+    assert_same_state(torch.load(models / "model.pt", weights_only=True),
+                      torch.load(ref / "models" / "model.pt", weights_only=True), "model.pt")
+    assert [p.name for p in models.glob("checkpoint_epoch=*.pt")] == ["checkpoint_epoch=6.pt"]  # the resumed one too
 
 
 def test_bad_input_found_before_training(vindr_data, tmp_path):
