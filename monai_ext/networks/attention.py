@@ -253,7 +253,7 @@ def _sfn_fold_graph(qkv: torch.Tensor, mask: Optional[torch.Tensor], gammas: lis
 
 #: elements per chunk when statistics are accumulated over token chunks (keeps temporaries small,
 #: in cache and off the page-fault path of large fresh allocations)
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 19
 
 
 class _SoftmaxFreeFold(torch.autograd.Function):
@@ -284,11 +284,11 @@ class _SoftmaxFreeFold(torch.autograd.Function):
             for s in range(0, n, step):  # exact centred statistics and K_c^T V_c, chunk by chunk
                 xs = x[:, s : s + step]
                 xc = xs - mean.unsqueeze(1) if mk is None else xs - mk[:, s : s + step] * mean.unsqueeze(1)
-                var += (xc * xc).sum(dim=1)
                 ln = xc.shape[1]
                 kc = xc[..., c : 2 * c].reshape(bsz, ln, num_heads, d).transpose(1, 2)
                 vc = xc[..., 2 * c :].reshape(bsz, ln, num_heads, d).transpose(1, 2)
                 g += torch.matmul(kc.transpose(-2, -1), vc)
+                var += xc.square_().sum(dim=1)
             var /= nc
             r = torch.rsqrt(var + eps)
             a = gammas * r
