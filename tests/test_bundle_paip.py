@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from monai_ext.data import paip
+from monai_ext.utils.checkpoint import load_checkpoint
 
 BUNDLE = BUNDLES / "apf_unetr_paip_segmentation"
 # a small network and 64 APF tokens (patch 8) per 512 x 512 image keep one epoch to seconds
@@ -55,7 +56,7 @@ def test_train_evaluate_infer(data, tmp_path):
     assert "val_mean_dice" in proc.stdout + proc.stderr
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
-    state = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(models / "checkpoint_epoch=1.pt")  # the package's loader: weights_only=True
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     weights = torch.load(models / "model.pt", map_location="cpu")
     assert weights.keys() == state["network"].keys()
