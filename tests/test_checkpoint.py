@@ -4,6 +4,7 @@ load path refuses a malicious pickle without running it, and the explicit ``conv
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -218,3 +219,8 @@ def test_no_weights_only_false_in_the_package():
                 kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 calls.append((path.relative_to(root).as_posix(), kw.get("weights_only")))
     assert sorted(calls) == [("utils/checkpoint.py", "False"), ("utils/checkpoint.py", "True")], calls
+    # bundle configs load through SafeCheckpointLoader (MONAI 1.5's CheckpointLoader unpickles)
+    configs = sorted((root.parent / "bundles").glob("*/configs/*.yaml"))
+    plain = [p.relative_to(root.parent).as_posix() for p in configs
+             if re.search(r"_target_:\s*(monai\.handlers\.)?CheckpointLoader\b", p.read_text())]
+    assert configs and not plain, plain
