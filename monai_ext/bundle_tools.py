@@ -671,7 +671,7 @@ def build_label_app(out: str | Path, bundles: Sequence[str | Path] | None = None
         raise BundleError(f"{out}: holds files not written by `monai-ext label-app` (no {LABEL_APP_MARKER}); "
                           f"nothing there is replaced. Choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("written by monai-ext label-app; the tool replaces model/<bundle>/ only in folders with this file\n")
+    marker.write_text("written by monai-ext label-app; it replaces model/<bundle>/ only in folders with this file\n")
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     for root, ckpt in plan:
