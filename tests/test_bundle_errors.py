@@ -49,18 +49,27 @@ def _last_lines(text: str, n: int) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-n:]
 
 
-def test_dataset_error_is_the_last_line(tmp_path):
+def test_running_as_bundle():
+    assert entry.running_as_bundle("/venv/lib/python3.11/site-packages/monai/bundle/__main__.py")
+    assert not entry.running_as_bundle("/venv/bin/pytest")
+
+
+@pytest.mark.parametrize("configs", [["train.yaml"], ["train.yaml", "evaluate.yaml"]])
+def test_dataset_error_is_the_last_line(tmp_path, configs):
+    """Training (``initialize`` calls ``setup_run``) and evaluation (the hook comes with the import of
+    ``monai_ext.workflows`` under ``python -m monai.bundle``)."""
     data = tmp_path / "data"
     data.mkdir()
     entries = [{"image": f"images_64/{i}.png", "label": i % 2} for i in range(2)]
-    (data / "datalist_64.json").write_text(json.dumps({"training": entries, "validation": entries}))
+    splits = {"training": entries, "validation": entries, "test": entries}
+    (data / "datalist_64.json").write_text(json.dumps(splits))
     io = {"dataset_dir": str(data), "ckpt_dir": str(tmp_path / "models"), "log_dir": str(tmp_path / "logs"),
-          "image_size": 64, "num_workers": 0}
-    proc = run_bundle(VINDR, ["train.yaml"], "training", check=False, **io)
+          "output_dir": str(tmp_path / "eval"), "image_size": 64, "num_workers": 0}
+    proc = run_bundle(VINDR, configs, "training" if len(configs) == 1 else "run", check=False, **io)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     want = f"  {data / 'images_64' / '1.png'}: image file missing (listed in {data / 'datalist_64.json'} [validation][1])"
-    assert _last_lines(proc.stderr, 1) == [want]
+    assert _last_lines(proc.stderr, 1) == [want], proc.stderr[-3000:]
     assert "Traceback" not in out and "Failed to evaluate" not in out
     assert not (tmp_path / "models").exists()
 

@@ -12,7 +12,7 @@ from .distributed import (
     local_device,
     rank_zero_handlers,
 )
-from .entry import setup_run
+from .entry import install_error_hook, running_as_bundle, setup_run
 from .handlers import EpochAverage, ProgressBar, ResumableCheckpoint, latest_checkpoint
 from .runs import ResumeError
 
@@ -35,3 +35,6 @@ __all__ = [
     "rank_zero_handlers",
     "setup_run",
 ]
+
+if running_as_bundle():  # `python -m monai.bundle run ...`: every config that imports monai_ext.workflows
+    install_error_hook()

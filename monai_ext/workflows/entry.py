@@ -6,7 +6,8 @@ MONAI's config parser wraps every exception raised while evaluating a config exp
 ends in 50-260 lines of traceback. The hook installed here prints only the message of the first
 user-facing error in the chain (:data:`USER_ERRORS`) to stderr, last; Python then exits with status 1 as
 for any uncaught exception. ``MONAI_EXT_DEBUG=1`` prints the full traceback before that message. Other
-exceptions are left to the previous hook.
+exceptions are left to the previous hook. Importing ``monai_ext.workflows`` inside ``python -m monai.bundle``
+installs the hook too, so configs that do not call :func:`setup_run` (evaluation, inference) get it as well.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from types import TracebackType
 
 from .checks import DatasetError
@@ -69,6 +71,13 @@ def _hook(previous):
 
     hook.monai_ext = True  # type: ignore[attr-defined]
     return hook
+
+
+def running_as_bundle(argv0: str | None = None) -> bool:
+    """True in ``python -m monai.bundle ...`` (also under torchrun), where ``sys.argv[0]`` is MONAI's
+    ``monai/bundle/__main__.py``."""
+    parts = Path(sys.argv[0] if argv0 is None else argv0).parts
+    return tuple(parts[-3:]) == ("monai", "bundle", "__main__.py")
 
 
 def install_error_hook() -> None:
