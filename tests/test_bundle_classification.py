@@ -15,6 +15,7 @@ from resume_utils import assert_same_run_state, assert_same_state
 import torch
 
 from monai_ext.data import duke, vindr_cxr
+from monai_ext.utils.checkpoint import load_checkpoint
 
 VINDR = BUNDLES / "vindr_cxr_cardiomegaly_classification"
 DUKE = BUNDLES / "duke_breast_mri_classification"
@@ -72,7 +73,7 @@ def test_vindr_train_evaluate_infer(vindr_data, tmp_path):
     assert "val_auroc" in proc.stdout + proc.stderr
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=2.pt").is_file()
-    state = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(models / "checkpoint_epoch=2.pt")  # the package's loader: weights_only=True
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(state)
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]  # ignite keeps iterations
 
