@@ -286,8 +286,9 @@ def test_bf16_autocast_long_sequence():
     assert torch.isfinite(y16).all() and torch.isfinite(x.grad).all()
     err = ((y16.float() - y32).norm() / y32.norm()).item()
     gerr = ((x.grad - g32).norm() / g32.norm()).item()
-    # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2%): measured here 0.6% / 0.9%
-    assert err < 0.02 and gerr < 0.03, (err, gerr)
+    # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2%, the qkv projection runs in bf16): measured
+    # 0.41% (output) / 0.47% (input gradient); the unfolded formula under the same autocast: 0.86% (output)
+    assert err < 0.01 and gerr < 0.01, (err, gerr)
 
 
 def test_fp16_autocast_does_not_overflow_where_the_old_formula_does():
