@@ -75,6 +75,54 @@ def test_auroc_equals_sklearn_and_ci_contains_it(n, seed, ties):
             assert p[name]["ci_low"] <= p[name]["value"] <= p[name]["ci_high"]
 
 
+def test_stats_edge_cases_and_input_errors():
+    """One-class input, empty bootstraps, zero denominators and bad input: the documented errors and NaNs."""
+    for bad_labels in ([1, 1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="ROC needs both classes"):
+            stats.roc_curve([0.1, 0.5, 0.9], bad_labels)
+        with pytest.raises(ValueError, match="AUROC needs both classes"):
+            stats.auroc_bootstrap([0.1, 0.5, 0.9], bad_labels, np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="differ in length: 3 vs 2"):
+        stats.roc_auc([0.1, 0.5, 0.9], [0, 1])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        stats.roc_auc([0.1, np.nan], [0, 1])
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1, found \[2\]"):
+        stats.roc_auc([0.1, 0.2, 0.3], [0, 1, 2])
+    with pytest.raises(ValueError, match="bootstrap needs at least one case"):
+        stats.bootstrap_indices(0, 5, seed=0)
+    idx = stats.bootstrap_indices(1, 4, seed=0)
+    assert idx.shape == (4, 1) and not idx.any()
+    idx = stats.bootstrap_indices(7, 300, seed=1)
+    assert idx.shape == (300, 7) and idx.min() == 0 and idx.max() == 6
+    # one class only: stratified rows keep the class that exists (no empty draw from the other)
+    for y in (np.array([1, 1, 1]), np.array([0, 0, 0, 0])):
+        idx = stats.stratified_bootstrap_indices(y, 6, seed=2)
+        assert idx.shape == (6, y.size) and set(idx.ravel().tolist()) <= set(range(y.size))
+    y = np.array([0, 1, 0, 1, 1])
+    idx = stats.stratified_bootstrap_indices(y.reshape(5, 1), 50, seed=3)  # any shape of labels
+    assert idx.shape == (50, 5) and np.all(y[idx[:, :3]] == 1) and np.all(y[idx[:, 3:]] == 0)
+    assert len({tuple(r) for r in idx}) > 10  # resamples differ
+    r = stats.rates_from_confusion(tn=np.array([0, 3]), fp=np.array([0, 1]), fn=np.array([2, 0]), tp=np.array([2, 0]))
+    np.testing.assert_array_equal(r["accuracy"], [0.5, 0.75])
+    np.testing.assert_array_equal(r["sensitivity"], [0.5, np.nan])
+    np.testing.assert_array_equal(r["specificity"], [np.nan, 0.75])
+    r = stats.rates_from_confusion(1, 2, 3, 4)
+    assert (r["accuracy"], r["sensitivity"], r["specificity"]) == (0.5, 4 / 7, 1 / 3)
+    with pytest.raises(ValueError, match="probabilities in"):
+        stats.calibration_bins([0.5, 1.5], [0, 1])
+    # ties: every distinct score once, thresholds decreasing, and the trapezoid counts a tie 1/2
+    fpr, tpr, thr = stats.roc_curve([0.5, 0.5, 0.5, 0.9], [0, 1, 0, 1])
+    np.testing.assert_array_equal(thr, [np.inf, 0.9, 0.5])
+    np.testing.assert_array_equal(fpr, [0, 0, 1])
+    np.testing.assert_array_equal(tpr, [0, 0.5, 1])
+    assert stats.roc_auc([0.5, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == 0.75
+    assert stats.youden_threshold([0.2, 0.4, 0.6, 0.8], [0, 0, 1, 1]) == (0.6, 1.0)
+    assert stats.confusion_at([0.2, 0.4, 0.6, 0.8], [0, 1, 0, 1], 0.6) == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
+    lo, hi = stats.percentile_ci(np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan]]), level=0.5)
+    np.testing.assert_array_equal(lo, [1.5, np.nan])
+    np.testing.assert_array_equal(hi, [2.5, np.nan])
+
+
 def test_calibration_against_naive_binning():
     recs = _binary_records(200, 5)
     y = np.array([r["label"] for r in recs])
