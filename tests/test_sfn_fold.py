@@ -320,3 +320,17 @@ def test_torchscript_with_mask_matches_eager():
         with torch.no_grad():
             torch.testing.assert_close(ts(x, mask), attn(x, mask), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(ts(x, None), attn(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_compiled_path_equals_unfolded(with_mask):
+    """The optional ``torch.compile`` path (the graph fold under autograd). Backend ``eager``: dynamo's
+    tracing without inductor's minute-long C++ build; the graph and its autograd are the same."""
+    torch.manual_seed(10)
+    attn = build_attention("softmax_free", hidden_size=32, num_heads=2, compile_backend="eager")
+    _random_affine(attn)
+    x, w = torch.randn(2, 40, 32) + 0.5, torch.randn(2, 40, 32)
+    mask = _mask(2, 40) if with_mask else None
+    y, g, names = _outputs_and_grads(lambda t: attn(t, mask), attn, x, w)
+    yr, gr, _ = _outputs_and_grads(lambda t: _softmax_free_reference(attn, t, mask), attn, x, w)
+    _assert_same((y, g), (yr, gr), names)

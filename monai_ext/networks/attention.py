@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ATTENTION_REGISTRY",
@@ -263,6 +264,7 @@ class _SoftmaxFreeFold(torch.autograd.Function):
     ``O(d^2)`` per-sample constants; no normalized or centred ``(N, C)`` tensor is kept for backward.
     Everything is computed in at least fp32, also under ``torch.autocast`` (sums over ``N`` overflow
     fp16 and lose precision in bf16); the output and the input gradient are returned in ``qkv``'s dtype.
+    First derivatives only (a second backward raises).
     """
 
     @staticmethod
@@ -312,6 +314,7 @@ class _SoftmaxFreeFold(torch.autograd.Function):
         return y.to(qkv.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
         qkv, mask, betas, w_o, mean, r, a, g, m, wp, cnt = ctx.saved_tensors
         h = ctx.num_heads
@@ -452,13 +455,19 @@ class SoftmaxFreeAttention(MultiHeadAttentionBase):
 
     Args:
         eps: variance epsilon of the sequence normalization.
+        compile_backend: ``torch.compile`` backend for the fold (e.g. ``"inductor"``), or None (default):
+            eager. Compiled, the fold runs as the plain graph (:func:`_sfn_fold_graph`) with autograd.
+            Measured on 2 CPU cores: 1.8x faster attention at 64 tokens (batch 16, C 192) where the
+            eager fold's ~50 small ops dominate, no gain at 16384 tokens; compiling costs ~30-60 s and
+            recompiles for every new input shape. Off by default.
         (others as :class:`MultiHeadAttentionBase`)
     """
 
     def __init__(self, hidden_size: int, num_heads: int, dropout_rate: float = 0.0, qkv_bias: bool = False,
-                 dim_head: Optional[int] = None, eps: float = 1e-5) -> None:
+                 dim_head: Optional[int] = None, eps: float = 1e-5, compile_backend: Optional[str] = None) -> None:
         super().__init__(hidden_size, num_heads, dropout_rate, qkv_bias, dim_head)
         self.eps = eps
+        self.compile_backend = compile_backend
         self.q_gamma = nn.Parameter(torch.ones(self.inner_dim))
         self.q_beta = nn.Parameter(torch.zeros(self.inner_dim))
         self.k_gamma = nn.Parameter(torch.ones(self.inner_dim))
@@ -483,10 +492,24 @@ class SoftmaxFreeAttention(MultiHeadAttentionBase):
 
     @torch.jit.unused
     def _fold(self, qkv: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.compile_backend is not None:
+            return _compiled_fold_graph(self.compile_backend)(
+                qkv, mask, [self.q_gamma, self.k_gamma, self.v_gamma], [self.q_beta, self.k_beta, self.v_beta],
+                self.out_proj.weight, self.out_proj.bias, self.num_heads, self.eps)
         gammas = torch.cat([self.q_gamma, self.k_gamma, self.v_gamma])
         betas = torch.cat([self.q_beta, self.k_beta, self.v_beta])
         return _SoftmaxFreeFold.apply(qkv, mask, gammas, betas, self.out_proj.weight, self.out_proj.bias,
                                       self.num_heads, self.eps)
+
+
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _compiled_fold_graph(backend: str) -> Callable[..., torch.Tensor]:
+    """:func:`_sfn_fold_graph` through ``torch.compile`` with ``backend`` (compiled once per backend)."""
+    if backend not in _COMPILED:
+        _COMPILED[backend] = torch.compile(_sfn_fold_graph, backend=backend)
+    return _COMPILED[backend]
 
 
 def _softmax_free_reference(attn: SoftmaxFreeAttention, x: torch.Tensor,
