@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Optional
+from typing import List, Optional  # typing.List: TorchScript of older torch versions
 
 import torch
 import torch.nn.functional as F
@@ -215,8 +215,8 @@ def _fold_into_output(tokens: int, hidden: int) -> bool:
     return tokens >= hidden
 
 
-def _sfn_fold_graph(qkv: torch.Tensor, mask: Optional[torch.Tensor], gammas: list[torch.Tensor],
-                    betas: list[torch.Tensor], w_o: torch.Tensor, b_o: torch.Tensor, num_heads: int,
+def _sfn_fold_graph(qkv: torch.Tensor, mask: Optional[torch.Tensor], gammas: List[torch.Tensor],
+                    betas: List[torch.Tensor], w_o: torch.Tensor, b_o: torch.Tensor, num_heads: int,
                     eps: float) -> torch.Tensor:
     """The folded softmax-free attention as a plain autograd graph (TorchScript, tracing / ONNX export).
 
