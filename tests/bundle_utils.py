@@ -24,11 +24,11 @@ def bundle_cmd(bundle: Path, configs: list[str], run_id: str, **overrides) -> li
     return cmd
 
 
-def torchrun_bundle(bundle: Path, configs: list[str], port: int, nproc: int = 2, run_id: str = "run",
+def torchrun_bundle(bundle: Path, configs: list[str], nproc: int = 2, run_id: str = "run",
                     timeout: int = 300, **overrides) -> str:
-    """``torchrun --nproc_per_node=nproc -m monai.bundle run ...`` on CPU (gloo); returns the log, fails with
-    its tail if the run fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+    """``torchrun --nproc_per_node=nproc --standalone -m monai.bundle run ...`` on CPU (gloo); returns the log,
+    fails with its tail if the run fails. ``--standalone`` takes a free port: no clash with a parallel run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
            "-m"] + bundle_cmd(bundle, configs, run_id, **overrides)[2:]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=bundle)
     log = proc.stdout + proc.stderr

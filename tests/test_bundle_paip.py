@@ -116,7 +116,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     checkpoint that loads into the single-process network; distributed evaluation gives the metrics of
     a single-process evaluation of the same checkpoint."""
     io = _io(tmp_path, data)
-    log = torchrun_bundle(BUNDLE, ["train.yaml", "multi_gpu_train.yaml"], port=29527, epochs=1, val_interval=1, **io)
+    log = torchrun_bundle(BUNDLE, ["train.yaml", "multi_gpu_train.yaml"], epochs=1, val_interval=1, **io)
     assert "backend=gloo rank=0/2" in log and "backend=gloo rank=1/2" in log
     assert "val_mean_dice" in log
     from monai.bundle import ConfigParser
@@ -129,7 +129,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
 
     # evaluation on the validation split (2 images, one per rank) vs the same in one process
     ev = dict(io, eval_split="validation")
-    log = torchrun_bundle(BUNDLE, ["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], port=29528, **ev)
+    log = torchrun_bundle(BUNDLE, ["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], **ev)
     ddp = (tmp_path / "eval" / "metrics.csv").read_text()
     run_bundle(["train.yaml", "evaluate.yaml"], **dict(ev, output_dir=str(tmp_path / "eval1")))
     single = (tmp_path / "eval1" / "metrics.csv").read_text()

@@ -521,7 +521,7 @@ def test_bundle_evaluation_twice_byte_identical_and_ddp(vindr_eval):
 
     # DDP: two CPU processes, each evaluates half of the test and validation splits; rank 0 writes the same file
     ddp = root / "eval_ddp"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
           *_bundle_cmd(["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], output_dir=ddp, batch_size=2,
                        report_bootstrap=300, **io)])
     assert (ddp / "metrics.json").read_bytes() == (a / "metrics.json").read_bytes()
