@@ -13,6 +13,7 @@ import pytest
 
 from monai_ext.data import btcv
 from monai_ext.data.common import DataError
+from monai_ext.data.synthetic import btcv as synth_btcv
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 
@@ -20,7 +21,7 @@ ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("btcv_raw")
-    btcv.synthesize(root, cases=4, seed=3)
+    synth_btcv.synthesize(root, cases=4, seed=3)
     return root
 
 
@@ -32,9 +33,12 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_synthetic_layout_and_anatomy(raw):
     # canonical ids: 3 training ids and 1 validation id for 4 cases, one unlabelled test case
     assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == [
-        "img0001.nii.gz", "img0002.nii.gz", "img0003.nii.gz", "img0035.nii.gz"
+        "img0001.nii.gz",
+        "img0002.nii.gz",
+        "img0003.nii.gz",
+        "img0035.nii.gz",
     ]
-    assert sorted(p.name for p in (raw / "labelsTr").iterdir())[0] == "label0001.nii.gz"
+    assert min(p.name for p in (raw / "labelsTr").iterdir()) == "label0001.nii.gz"
     assert [p.name for p in (raw / "imagesTs").iterdir()] == ["img0061.nii.gz"]
     hu, aff = _read(raw / "imagesTr" / "img0001.nii.gz")
     lab, aff_l = _read(raw / "labelsTr" / "label0001.nii.gz")
@@ -58,12 +62,12 @@ def test_synthetic_layout_and_anatomy(raw):
 
 def test_synthesis_is_deterministic(raw, tmp_path):
     again = tmp_path / "again"
-    btcv.synthesize(again, cases=1, seed=3)
+    synth_btcv.synthesize(again, cases=1, seed=3)
     a, aff_a = _read(raw / "imagesTr" / "img0001.nii.gz")
     b, aff_b = _read(again / "imagesTr" / "img0001.nii.gz")
     assert np.array_equal(a, b) and np.array_equal(aff_a, aff_b)
     other = tmp_path / "other"
-    btcv.synthesize(other, cases=1, seed=4)
+    synth_btcv.synthesize(other, cases=1, seed=4)
     assert not np.array_equal(a, _read(other / "imagesTr" / "img0001.nii.gz")[0])
 
 
@@ -93,7 +97,7 @@ def test_prepare_and_batch(raw, tmp_path):
     assert nib.aff2axcodes(aff) == ("R", "A", "S")
     # the resized volume covers the same field of view: its centre stays in place (world mm)
     raw_img = nib.load(str(raw / "imagesTr" / "img0001.nii.gz"))
-    centre = lambda a, shape: a @ np.r_[(np.asarray(shape) - 1) / 2, 1]  # noqa: E731
+    centre = lambda a, shape: a @ np.r_[(np.asarray(shape) - 1) / 2, 1]
     assert np.allclose(centre(aff, img.shape), centre(raw_img.affine, raw_img.shape), atol=1e-3)
     assert np.allclose(np.abs(np.diag(aff)[:2]), np.abs(np.diag(raw_img.affine)[:2]) * 2, rtol=1e-5)
     assert set(np.unique(lab)) <= set(range(14)) and {6, 8} <= set(np.unique(lab))
@@ -158,7 +162,7 @@ def test_dataset_json_split(raw, tmp_path):
 
 
 def test_non_canonical_ids_split_deterministically(raw, tmp_path):
-    ids, test_ids = btcv.synthetic_case_ids(36)
+    ids, test_ids = synth_btcv.synthetic_case_ids(36)
     assert ids[:24] == list(btcv.TRAIN_IDS) and ids[24:30] == list(btcv.VAL_IDS) and ids[30:] == list(range(41, 47))
     assert test_ids == list(range(61, 67))
     src = tmp_path / "ids"
@@ -197,7 +201,9 @@ def test_real_nifti_through_reader(tmp_path):
     assert np.array_equal(np.asarray(got.dataobj), np.asarray(canon.dataobj))
     assert np.allclose(got.affine, canon.affine)
     lab = nib.load(str(out / "labelsTr" / "label0001.nii.gz"))
-    assert np.array_equal(np.asarray(lab.dataobj), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(label, ref.affine)).dataobj))
+    assert np.array_equal(
+        np.asarray(lab.dataobj), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(label, ref.affine)).dataobj)
+    )
 
     out2 = tmp_path / "out2"
     btcv.prepare(src, out2, size=(16, 20, -1))

@@ -13,10 +13,12 @@ import pytest
 
 from monai_ext.data import duke
 from monai_ext.data.common import DataError
-from monai_ext.data.dicom import SeriesInfo, ds_decimal, make_uid, new_dataset, read_series, set_pixels, write_dataset
+from monai_ext.data.dicom import SeriesInfo, read_series
+from monai_ext.data.synthetic import duke as synth_duke
+from monai_ext.data.synthetic.dicom import ds_decimal, make_uid, new_dataset, set_pixels, write_dataset
 
 # tiny but complete: 4x coarser than the paper's spacing, small box, resized once more
-SMALL = dict(spacing=(2.8, 2.8, 6.0), size=(48, 48, 16), out_size=(32, 32, 8))
+SMALL = {"spacing": (2.8, 2.8, 6.0), "size": (48, 48, 16), "out_size": (32, 32, 8)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,12 +50,16 @@ def test_dynamic_phase(description, phase):
 
 
 def _info(desc: str, number: int, time: float | None = None) -> SeriesInfo:
-    return SeriesInfo(path=Path(f"/x/{number}-{desc}"), files=[], description=desc, series_number=number, acquisition_time=time)
+    return SeriesInfo(
+        path=Path(f"/x/{number}-{desc}"), files=[], description=desc, series_number=number, acquisition_time=time
+    )
 
 
 def test_select_dce_series():
     # named phases win over order
-    pre, post = duke.select_dce_series([_info("ax t1", 1), _info("ax dyn 1st pass", 3), _info("ax dyn pre", 4), _info("ax dyn 2nd pass", 5)])
+    pre, post = duke.select_dce_series(
+        [_info("ax t1", 1), _info("ax dyn 1st pass", 3), _info("ax dyn pre", 4), _info("ax dyn 2nd pass", 5)]
+    )
     assert (pre.description, post.description) == ("ax dyn pre", "ax dyn 1st pass")
     # GE: the unprefixed series is the pre-contrast phase of the Ph1/Ph2 ones
     pre, post = duke.select_dce_series([_info("Ph2/ax 3d dyn", 9), _info("ax 3d dyn", 7), _info("Ph1/ax 3d dyn", 8)])
@@ -86,7 +92,7 @@ def test_side_labels():
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("duke_raw")
-    duke.synthesize(path, cases=5, seed=1)  # seed 1: four patients with known laterality, one NC
+    synth_duke.synthesize(path, cases=5, seed=1)  # seed 1: four patients with known laterality, one NC
     return path
 
 
@@ -104,9 +110,19 @@ def test_synth_layout(raw):
     import pydicom
 
     ds = pydicom.dcmread(files[0])
-    for tag in ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PixelSpacing",
-                "SliceThickness", "ImagePositionPatient", "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept",
-                "SeriesDescription"):
+    for tag in (
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+        "SOPInstanceUID",
+        "FrameOfReferenceUID",
+        "PixelSpacing",
+        "SliceThickness",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "SeriesDescription",
+    ):
         assert tag in ds, tag
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     table = duke.read_clinical(raw / duke.CLINICAL_NAME)
@@ -144,12 +160,14 @@ def test_prepare_and_batch(raw, prepared):
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, ScaleIntensityd
 
-    transforms = Compose([
-        LoadImaged(keys="image", image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        ScaleIntensityd(keys="image"),
-        EnsureTyped(keys=["image", "label"]),
-    ])
+    transforms = Compose(
+        [
+            LoadImaged(keys="image", image_only=True),
+            EnsureChannelFirstd(keys="image"),
+            ScaleIntensityd(keys="image"),
+            EnsureTyped(keys=["image", "label"]),
+        ]
+    )
     data = [{**e, "image": str(out / e["image"])} for e in entries]
     batch = next(iter(DataLoader(Dataset(data, transforms), batch_size=2, num_workers=0)))
     assert tuple(batch["image"].shape) == (2, 1, 32, 32, 8)
@@ -176,12 +194,14 @@ def test_idempotent_and_overwrite(raw, prepared, caplog):
 
 def test_synth_deterministic(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    duke.synthesize(a, cases=1, seed=7)
-    duke.synthesize(b, cases=1, seed=7)
-    duke.synthesize(c, cases=1, seed=8)
+    synth_duke.synthesize(a, cases=1, seed=7)
+    synth_duke.synthesize(b, cases=1, seed=7)
+    synth_duke.synthesize(c, cases=1, seed=8)
 
     def digest(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.dcm"))}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.dcm"))
+        }
 
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
@@ -238,13 +258,22 @@ def _write_series(folder: Path, volume_zyx: np.ndarray, desc: str, number: int, 
     origin = (-(nx - 1) / 2 * spacing[0], -(ny - 1) / 2 * spacing[1])
     for k in range(nz):
         uid = make_uid("t", desc, k)
-        ds = new_dataset(duke.MR_IMAGE_STORAGE, uid, Modality="MR", SeriesDescription=desc, SeriesNumber=number,
-                         StudyInstanceUID=make_uid("t", "study"), SeriesInstanceUID=make_uid("t", desc),
-                         InstanceNumber=(nz - k) if reverse else (k + 1),
-                         PixelSpacing=ds_decimal([spacing[1], spacing[0]]), SliceThickness=ds_decimal(spacing[2]),
-                         ImageOrientationPatient=["1", "0", "0", "0", "1", "0"],
-                         ImagePositionPatient=ds_decimal([origin[0], origin[1], k * spacing[2]]),
-                         RescaleSlope="2", RescaleIntercept="0")
+        ds = new_dataset(
+            synth_duke.MR_IMAGE_STORAGE,
+            uid,
+            Modality="MR",
+            SeriesDescription=desc,
+            SeriesNumber=number,
+            StudyInstanceUID=make_uid("t", "study"),
+            SeriesInstanceUID=make_uid("t", desc),
+            InstanceNumber=(nz - k) if reverse else (k + 1),
+            PixelSpacing=ds_decimal([spacing[1], spacing[0]]),
+            SliceThickness=ds_decimal(spacing[2]),
+            ImageOrientationPatient=["1", "0", "0", "0", "1", "0"],
+            ImagePositionPatient=ds_decimal([origin[0], origin[1], k * spacing[2]]),
+            RescaleSlope="2",
+            RescaleIntercept="0",
+        )
         set_pixels(ds, volume_zyx[k].astype(np.uint16))
         write_dataset(folder / f"1-{k + 1:03d}.dcm", ds)
 
@@ -277,6 +306,7 @@ def test_laterality_and_orientation(tmp_path):
 def test_dicom_readers_on_real_ct(tmp_path):
     """pydicom's CT_small.dcm through both MONAI readers, against pydicom's own decoding."""
     import pydicom  # core dependency
+
     src = pydicom.data.get_testdata_file("CT_small.dcm")
     (tmp_path / "ct").mkdir()
     shutil.copy(src, tmp_path / "ct" / "CT_small.dcm")
@@ -288,7 +318,9 @@ def test_dicom_readers_on_real_ct(tmp_path):
         np.testing.assert_allclose(img[..., 0].numpy(), ref.T, err_msg=reader)  # (x, y) = (column, row)
         ipp = [float(v) for v in ds.ImagePositionPatient]
         np.testing.assert_allclose(img.affine[:3, 3].numpy(), [-ipp[0], -ipp[1], ipp[2]], atol=1e-3)  # LPS -> RAS
-        np.testing.assert_allclose(np.abs(np.diag(img.affine.numpy())[:2]), [float(v) for v in ds.PixelSpacing], rtol=1e-5)
+        np.testing.assert_allclose(
+            np.abs(np.diag(img.affine.numpy())[:2]), [float(v) for v in ds.PixelSpacing], rtol=1e-5
+        )
 
 
 def test_slice_order_and_gaps(tmp_path):

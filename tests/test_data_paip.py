@@ -14,6 +14,7 @@ from PIL import Image
 
 from monai_ext.data import paip
 from monai_ext.data.common import DataError
+from monai_ext.data.synthetic import paip as synth_paip
 
 REAL_SVS = Path(__file__).parent / "data" / "cmu_small_region.svs"  # CC0, see data/cmu_small_region.README.md
 
@@ -21,7 +22,7 @@ REAL_SVS = Path(__file__).parent / "data" / "cmu_small_region.svs"  # CC0, see d
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("paip_raw")
-    paip.synthesize(root, cases=3, seed=1, size=1024)
+    synth_paip.synthesize(root, cases=3, seed=1, size=1024)
     return root
 
 
@@ -73,10 +74,10 @@ def test_synthetic_slide_looks_like_he_and_tumour_differs(raw):
 
 
 def test_synthesis_is_deterministic(raw, tmp_path):
-    paip.synthesize(tmp_path, cases=1, seed=1, size=1024)
+    synth_paip.synthesize(tmp_path, cases=1, seed=1, size=1024)
     for name in ("01_01_0001.svs", "01_01_0001_whole.tif", "01_01_0001_viable.tif"):
         assert _sha(tmp_path / name) == _sha(raw / name)
-    paip.synthesize(tmp_path / "other", cases=1, seed=2, size=1024)
+    synth_paip.synthesize(tmp_path / "other", cases=1, seed=2, size=1024)
     assert _sha(tmp_path / "other" / "01_01_0001.svs") != _sha(raw / "01_01_0001.svs")
 
 
@@ -96,7 +97,9 @@ def test_prepare_outputs_and_batch(raw, prepared):
     per = json.loads((prepared / "datalist_512.json").read_text())
     combined = json.loads((prepared / "datalist.json").read_text())
     assert sorted(e["case"] for s in ("training", "validation", "test") for e in per[s]) == [
-        "01_01_0001", "01_01_0002", "01_01_0003"
+        "01_01_0001",
+        "01_01_0002",
+        "01_01_0003",
     ]
     assert len(per["training"]) == len(per["validation"]) == len(per["test"]) == 1
     assert json.loads((prepared / "skipped.json").read_text()) == []
@@ -125,7 +128,9 @@ def test_prepare_outputs_and_batch(raw, prepared):
     files = load_decathlon_datalist(str(prepared / "datalist_512.json"), True, "training", base_dir=str(prepared))
     keys = ["image", "label"]
     t = Compose([LoadImaged(keys=keys), EnsureChannelFirstd(keys=keys), ScaleIntensityd(keys="image")])
-    files = files + load_decathlon_datalist(str(prepared / "datalist_512.json"), True, "validation", base_dir=str(prepared))
+    files = files + load_decathlon_datalist(
+        str(prepared / "datalist_512.json"), True, "validation", base_dir=str(prepared)
+    )
     batch = next(iter(DataLoader(Dataset(files, t), batch_size=2)))
     assert tuple(batch["image"].shape) == (2, 3, 512, 512) and tuple(batch["label"].shape) == (2, 1, 512, 512)
     assert set(batch["label"].unique().int().tolist()) == {0, 1}
@@ -189,7 +194,7 @@ def test_real_pixels_in_a_two_level_pyramid(tmp_path):
     with paip.Slide(REAL_SVS) as slide:
         real = slide.read(0)
     path = tmp_path / "real2.svs"
-    paip.write_svs(path, real, downsamples=(4,))
+    synth_paip.write_svs(path, real, downsamples=(4,))
     with paip.Slide(path) as slide:
         assert slide.levels == [(2967, 2220), (742, 555)]  # ceil(2967 / 4), ceil(2220 / 4)
         l0, l1 = slide.read(0), slide.read(1)

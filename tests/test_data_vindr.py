@@ -14,7 +14,9 @@ import pytest
 
 from monai_ext.data import vindr_cxr as vindr
 from monai_ext.data.common import DataError
-from monai_ext.data.dicom import make_uid, new_dataset, read_radiograph, set_pixels, write_dataset
+from monai_ext.data.dicom import read_radiograph
+from monai_ext.data.synthetic import vindr_cxr as synth_vindr
+from monai_ext.data.synthetic.dicom import make_uid, new_dataset, set_pixels, write_dataset
 
 RES = [32, 48]
 
@@ -66,10 +68,13 @@ def test_consensus():
 def test_read_labels(tmp_path):
     a, b = "a" * 32, "b" * 32
     rows = [
-        {"image_id": a, "rad_id": "R1", "Cardiomegaly": 1}, {"image_id": a, "rad_id": "R2", "Cardiomegaly": 1},
+        {"image_id": a, "rad_id": "R1", "Cardiomegaly": 1},
+        {"image_id": a, "rad_id": "R2", "Cardiomegaly": 1},
         {"image_id": a, "rad_id": "R3", "Cardiomegaly": 0},
-        {"image_id": b, "rad_id": "R1", "Cardiomegaly": 0}, {"image_id": b, "rad_id": "R4", "Cardiomegaly": 1},
-        {"image_id": b, "rad_id": "R9", "Cardiomegaly": 0}, {"image_id": "c" * 32, "rad_id": "R9", "Cardiomegaly": "x"},
+        {"image_id": b, "rad_id": "R1", "Cardiomegaly": 0},
+        {"image_id": b, "rad_id": "R4", "Cardiomegaly": 1},
+        {"image_id": b, "rad_id": "R9", "Cardiomegaly": 0},
+        {"image_id": "c" * 32, "rad_id": "R9", "Cardiomegaly": "x"},
     ]
     _write_labels(tmp_path / "l.csv", rows)
     labels, problems = vindr.read_labels(tmp_path / "l.csv")
@@ -97,8 +102,15 @@ def test_radiograph_photometric_and_luts(tmp_path):
         ("m1", stored1, "MONOCHROME1", 2.0, -1024.0),
     ):
         lo, hi = stored.min() * slope + intercept, stored.max() * slope + intercept
-        ds = new_dataset(vindr.DX_STORAGE, make_uid("t", name), Modality="DX", RescaleSlope=str(slope),
-                         RescaleIntercept=str(intercept), WindowCenter=str((lo + hi) / 2), WindowWidth=str(hi - lo + 1))
+        ds = new_dataset(
+            synth_vindr.DX_STORAGE,
+            make_uid("t", name),
+            Modality="DX",
+            RescaleSlope=str(slope),
+            RescaleIntercept=str(intercept),
+            WindowCenter=str((lo + hi) / 2),
+            WindowWidth=str(hi - lo + 1),
+        )
         set_pixels(ds, stored, bits_stored=12, photometric=photometric)
         write_dataset(tmp_path / f"{name}.dicom", ds)
     img2, meta2 = read_radiograph(tmp_path / "m2.dicom")
@@ -111,7 +123,7 @@ def test_radiograph_photometric_and_luts(tmp_path):
     # no VOI window stored: one hot pixel must not squeeze the picture (robust range)
     hot = stored2.copy()
     hot[0, 0] = 4095
-    ds = new_dataset(vindr.DX_STORAGE, make_uid("t", "hot"), Modality="DX")
+    ds = new_dataset(synth_vindr.DX_STORAGE, make_uid("t", "hot"), Modality="DX")
     set_pixels(ds, hot, bits_stored=12, photometric="MONOCHROME2")
     write_dataset(tmp_path / "hot.dicom", ds)
     img, _ = read_radiograph(tmp_path / "hot.dicom")
@@ -128,7 +140,9 @@ def test_real_radiograph_not_inverted(tmp_path):
     image_id = "0123456789abcdef0123456789abcdef"
     (raw / "train").mkdir(parents=True)
     shutil.copy(src, raw / "train" / f"{image_id}.dicom")
-    _write_labels(raw / vindr.TRAIN_CSV, [{"image_id": image_id, "rad_id": f"R{i}", "No finding": 1} for i in (1, 2, 3)])
+    _write_labels(
+        raw / vindr.TRAIN_CSV, [{"image_id": image_id, "rad_id": f"R{i}", "No finding": 1} for i in (1, 2, 3)]
+    )
     out = tmp_path / "out"
     datalist = vindr.prepare(raw, out, resolutions=[64])
     entry = datalist["training"][0] if datalist["training"] else (datalist["validation"] + datalist["test"])[0]
@@ -140,7 +154,7 @@ def test_real_radiograph_not_inverted(tmp_path):
     H, W = img.shape
 
     def region(v0, v1, u0, u1):
-        return float(img[int(v0 * H): int(v1 * H), int(u0 * W): int(u1 * W)].mean())
+        return float(img[int(v0 * H) : int(v1 * H), int(u0 * W) : int(u1 * W)].mean())
 
     centre = region(0.25, 0.6, 0.45, 0.55)
     lung_right, lung_left = region(0.25, 0.5, 0.2, 0.3), region(0.25, 0.5, 0.7, 0.8)
@@ -160,7 +174,7 @@ def test_real_radiograph_not_inverted(tmp_path):
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vindr_raw")
-    vindr.synthesize(path, cases=24, seed=0)
+    synth_vindr.synthesize(path, cases=24, seed=0)
     return path
 
 
@@ -184,7 +198,14 @@ def test_synth_layout(raw):
     photometric = {str(pydicom.dcmread(p, stop_before_pixels=True).PhotometricInterpretation) for p in train}
     assert photometric == {"MONOCHROME1", "MONOCHROME2"}
     ds = pydicom.dcmread(train[0], stop_before_pixels=True)
-    for tag in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "RescaleSlope", "RescaleIntercept", "BitsStored"):
+    for tag in (
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "BitsStored",
+    ):
         assert tag in ds, tag
     votes = t.groupby("image_id")["Cardiomegaly"].sum()
     assert ((votes > 0) & (votes < 3)).any(), "readers must disagree on some images"
@@ -210,13 +231,15 @@ def test_prepare_and_batch(raw, prepared):
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, RepeatChanneld, ScaleIntensityd
 
-    transforms = Compose([
-        LoadImaged(keys="image", image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        ScaleIntensityd(keys="image"),
-        RepeatChanneld(keys="image", repeats=3),
-        EnsureTyped(keys=["image", "label"]),
-    ])
+    transforms = Compose(
+        [
+            LoadImaged(keys="image", image_only=True),
+            EnsureChannelFirstd(keys="image"),
+            ScaleIntensityd(keys="image"),
+            RepeatChanneld(keys="image", repeats=3),
+            EnsureTyped(keys=["image", "label"]),
+        ]
+    )
     data = [{**e, "image": str(out / e["image"])} for e in per_res["training"]]
     batch = next(iter(DataLoader(Dataset(data, transforms), batch_size=4, num_workers=0)))
     assert tuple(batch["image"].shape) == (4, 3, 48, 48)
@@ -245,7 +268,7 @@ def test_formats_agree(raw, tmp_path):
     one = tmp_path / "one"
     (one / "annotations").mkdir(parents=True)
     (one / "train").mkdir()
-    src = sorted((raw / "train").glob("*.dicom"))[0]
+    src = min((raw / "train").glob("*.dicom"))
     shutil.copy(src, one / "train" / src.name)
     _write_labels(one / vindr.TRAIN_CSV, [{"image_id": src.stem, "rad_id": "R1"}])
     arrays = {}
@@ -273,11 +296,15 @@ def test_idempotent(raw, prepared, caplog):
 
 def test_synth_deterministic(tmp_path):
     def digest(root: Path) -> dict[str, str]:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
 
-    vindr.synthesize(tmp_path / "a", cases=3, seed=5)
-    vindr.synthesize(tmp_path / "b", cases=3, seed=5)
-    vindr.synthesize(tmp_path / "c", cases=3, seed=6)
+    synth_vindr.synthesize(tmp_path / "a", cases=3, seed=5)
+    synth_vindr.synthesize(tmp_path / "b", cases=3, seed=5)
+    synth_vindr.synthesize(tmp_path / "c", cases=3, seed=6)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert set(digest(tmp_path / "a").values()).isdisjoint(
         v for k, v in digest(tmp_path / "c").items() if k.endswith(".dicom")

@@ -23,6 +23,8 @@ from monai_ext.data.common import (
     data_origin,
     split_problems,
 )
+from monai_ext.data.synthetic import btcv as synth_btcv
+from monai_ext.data.synthetic import vindr_cxr as synth_vindr
 from monai_ext.workflows.checks import DatasetError, check_datalist
 
 
@@ -35,8 +37,12 @@ def _cli_errors(caplog, argv: list[str]) -> tuple[int, list[str]]:
 
 def test_check_image_content():
     check_image_content(np.array([0.0, 1.0]), "ok.nii")
-    for arr, reason in ((np.zeros((0, 4)), "empty"), (np.array([1.0, np.inf]), "non-finite"),
-                        (np.full((3, 3), np.nan), "non-finite"), (np.full((4, 4), 7, np.int16), "constant")):
+    for arr, reason in (
+        (np.zeros((0, 4)), "empty"),
+        (np.array([1.0, np.inf]), "non-finite"),
+        (np.full((3, 3), np.nan), "non-finite"),
+        (np.full((4, 4), 7, np.int16), "constant"),
+    ):
         with pytest.raises(DataError, match=reason) as e:
             check_image_content(arr, "/x/case.nii.gz", "CT volume")
         assert e.value.path == "/x/case.nii.gz"
@@ -44,7 +50,7 @@ def test_check_image_content():
 
 def test_btcv_nan_and_constant_ct_are_skipped(tmp_path):
     raw = tmp_path / "raw"
-    btcv.synthesize(raw, cases=4, seed=0, size=(24, 24, 6))  # ids 1, 2, 3 (training), 35 (validation)
+    synth_btcv.synthesize(raw, cases=4, seed=0, size=(24, 24, 6))  # ids 1, 2, 3 (training), 35 (validation)
     for name, fill in (("img0001.nii.gz", np.nan), ("img0002.nii.gz", 0.0)):
         path = raw / "imagesTr" / name
         old = nib.load(str(path))
@@ -73,8 +79,9 @@ def _vindr_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
 def test_vindr_header_only_csv_exits_nonzero(tmp_path, caplog):
     raw = tmp_path / "raw"
     _vindr_csv(raw / vindr.TRAIN_CSV, [], ["image_id", "rad_id", *vindr.FINDINGS])
-    rc, errors = _cli_errors(caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(tmp_path / "out"),
-                                      "--resolutions", "16"])
+    rc, errors = _cli_errors(
+        caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(tmp_path / "out"), "--resolutions", "16"]
+    )
     assert rc == 1
     assert len(errors) == 1 and "\n" not in errors[-1]
     assert "image_labels_train.csv" in errors[-1] and "no data rows" in errors[-1]
@@ -86,14 +93,15 @@ def test_vindr_csv_without_rad_id_is_refused(tmp_path, caplog):
     with pytest.raises(DataError, match="rad_id") as e:
         vindr.prepare(raw, tmp_path / "out", resolutions=[16])
     assert e.value.path.endswith("image_labels_train.csv")
-    rc, errors = _cli_errors(caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(tmp_path / "o2"),
-                                      "--resolutions", "16"])
+    rc, errors = _cli_errors(
+        caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(tmp_path / "o2"), "--resolutions", "16"]
+    )
     assert rc == 1 and "rad_id" in errors[-1] and "image_labels_train.csv" in errors[-1]
 
 
 def test_vindr_split_without_positive_cases_exits_nonzero(tmp_path, caplog):
     raw = tmp_path / "raw"
-    vindr.synthesize(raw, cases=6, seed=0)
+    synth_vindr.synthesize(raw, cases=6, seed=0)
     train_csv = raw / vindr.TRAIN_CSV
     with open(train_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -101,8 +109,9 @@ def test_vindr_split_without_positive_cases_exits_nonzero(tmp_path, caplog):
         r["Cardiomegaly"] = "0"
     _vindr_csv(train_csv, rows, list(rows[0]))
     out = tmp_path / "out"
-    rc, errors = _cli_errors(caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(out),
-                                      "--resolutions", "16"])
+    rc, errors = _cli_errors(
+        caplog, ["prepare", "vindr_cxr", "--raw", str(raw), "--out", str(out), "--resolutions", "16"]
+    )
     assert rc == 1 and len(errors) == 1 and "\n" not in errors[0]
     assert str(out / "datalist.json") in errors[0] and "has no case of class [1]" in errors[0]
     # the library function itself still writes the datalist (for inspection)
@@ -111,16 +120,21 @@ def test_vindr_split_without_positive_cases_exits_nonzero(tmp_path, caplog):
 
 def test_split_problems():
     dl = {"training": [{"label": 0}, {"label": 1}], "validation": [{"label": 1}], "test": []}
-    assert split_problems(dl, classes=(0, 1)) == ["split 'validation' (1 cases) has no case of class [0]",
-                                                  "split 'test' is empty"]
+    assert split_problems(dl, classes=(0, 1)) == [
+        "split 'validation' (1 cases) has no case of class [0]",
+        "split 'test' is empty",
+    ]
     assert split_problems(dl, required=("training",), classes=(0, 1)) == []
 
 
 def test_check_datalist_refuses_one_class_validation(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     entry = {"image": "a.png"}
-    body = {"training": [{**entry, "label": 0}, {**entry, "label": 1}],
-            "validation": [{**entry, "label": 1}, {**entry, "label": 1}], "test": []}
+    body = {
+        "training": [{**entry, "label": 0}, {**entry, "label": 1}],
+        "validation": [{**entry, "label": 1}, {**entry, "label": 1}],
+        "test": [],
+    }
     (tmp_path / "datalist.json").write_text(json.dumps(body))
     with pytest.raises(DatasetError, match=r"'validation' \(2 cases\) has no case of class \[0\]"):
         check_datalist(tmp_path)

@@ -1,7 +1,7 @@
 """APF benchmark (the APF paper's Table II at CPU scale): APF-UNETR vs UNETR on PAIP-like images.
 
 Images: synthetic H&E liver slides with a fine-detailed viable-tumour mask
-(:func:`monai_ext.data.paip.synth_slide`), padded with white to a square (as PAIP preparation does)
+(:func:`monai_ext.data.synthetic.paip.synth_slide`), padded with white to a square (as PAIP preparation does)
 at 512, 1024 and 2048 px. Models, all with the same transformer (attention, width, depth) and decoder
 width, so that the only difference is how the image becomes tokens:
 
@@ -96,9 +96,9 @@ def paip_like_images(size: int, count: int, seed: int = 0) -> tuple[np.ndarray, 
     """``count`` synthetic PAIP-like slides at ``size`` px: ``images (K, 3, size, size)`` uint8 and
     viable-tumour ``masks (K, 1, size, size)`` uint8, padded with white / background to a square.
 
-    Uses :func:`monai_ext.data.paip.synth_slide` (slide ``i`` from seed ``seed + i``).
+    Uses :func:`monai_ext.data.synthetic.paip.synth_slide` (slide ``i`` from seed ``seed + i``).
     """
-    from monai_ext.data.paip import synth_slide
+    from monai_ext.data.synthetic.paip import synth_slide
 
     images = np.full((count, 3, size, size), 255, dtype=np.uint8)
     masks = np.zeros((count, 1, size, size), dtype=np.uint8)
@@ -528,7 +528,8 @@ def _section(s, timing, dice, patching, machine: MachineInfo, command: str, file
     from .attention import _load, files_markdown
 
     out = ["## APF: adaptive patching vs uniform patching (UNETR)", "", machine.markdown(command, _load()), "",
-           f"Synthetic PAIP-like H&E slides with fine viable-tumour boundaries (`monai_ext.data.paip.synth_slide`), "
+           "Synthetic PAIP-like H&E slides with fine viable-tumour boundaries "
+           "(`monai_ext.data.synthetic.paip.synth_slide`), "
            f"padded white to a square. Networks: {s.shape_text()}. APF: fixed-length quadtree, L = {s.tokens} "
            f"tokens at every resolution, smallest leaf = patch size p (leaves resized to p x p), edge map "
            f"Gaussian blur (kernel 3 up to 1024 px, 5 at 2048, 7 from 4096) + Canny 100/200. UNETR baselines: "

@@ -124,16 +124,13 @@ def write_datalist(
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2) + "\n")
     tmp.replace(path)
-    logger.info(
-        "datalist %s: %s", path, ", ".join(f"{s}={len(body[s])}" for s in SPLITS)
-    )
+    logger.info("datalist %s: %s", path, ", ".join(f"{s}={len(body[s])}" for s in SPLITS))
     return path
 
 
 def atomic_path(path: Path) -> Path:
     """A temporary sibling path to write to before renaming onto ``path`` (no half files)."""
     return path.with_name(f".{path.name}.partial{path.suffix}")
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,9 +164,15 @@ def write_synthetic_marker(out: Path, dataset: str, cases: int, seed: int, **set
     """Mark ``out`` as synthetic data written by ``monai-ext synth`` (read by :func:`data_origin`)."""
     path = Path(out) / SYNTHETIC_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"synthetic": True, "dataset": dataset, "cases": int(cases), "seed": int(seed),
-            "generator": f"monai_ext.data.{dataset}.synthesize", **settings,
-            "note": "synthetic data in the real on-disk layout; not patient data"}
+    body = {
+        "synthetic": True,
+        "dataset": dataset,
+        "cases": int(cases),
+        "seed": int(seed),
+        "generator": f"monai_ext.data.synthetic.{dataset}.synthesize",
+        **settings,
+        "note": "synthetic data in the real on-disk layout; not patient data",
+    }
     tmp = atomic_path(path)
     tmp.write_text(json.dumps(body, indent=2, default=str) + "\n")
     tmp.replace(path)
@@ -232,5 +235,4 @@ def check_splits(
     if problems:
         skipped = f"; {n_skipped} case(s) skipped, reasons in {Path(out_dir) / SKIPPED_NAME}" if n_skipped else ""
         counts = ", ".join(f"{s}={len(datalist.get(s) or [])}" for s in SPLITS)
-        raise PrepareError(Path(out_dir) / DATALIST_NAME,
-                           f"unusable: {'; '.join(problems)} ({counts}{skipped})")
+        raise PrepareError(Path(out_dir) / DATALIST_NAME, f"unusable: {'; '.join(problems)} ({counts}{skipped})")

@@ -12,8 +12,7 @@ Reading:
 - :func:`read_radiograph`: one projection radiograph as a display image in ``[0, 1]`` (modality
   LUT, then VOI LUT, then ``MONOCHROME1`` inverted, so dense structures such as bone are bright).
 
-Writing (used by the synthetic generators so that they write what scanners write):
-:func:`make_uid`, :func:`new_dataset`, :func:`write_dataset`.
+Writing (for the synthetic generators): :mod:`monai_ext.data.synthetic.dicom`.
 
 Both pydicom 2.4 (MONAI Label's pin) and pydicom 3 are supported.
 """
@@ -29,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from monai_ext.data.common import DataError
+from monai_ext.data.dataset import moved_attribute
 from monai_ext.data.limits import check_dicom_header
 
 try:  # pydicom >= 3
@@ -182,8 +181,12 @@ def _check_pixels(path: Path) -> None:
     try:
         arr = ds.pixel_array
     except Exception as e:
-        raise DataError(path, f"DICOM pixel data cannot be decoded, file truncated or damaged ({type(e).__name__}: {e})") from e
-    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
+        raise DataError(
+            path, f"DICOM pixel data cannot be decoded, file truncated or damaged ({type(e).__name__}: {e})"
+        ) from e
+    expected = (
+        int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1))
+    )
     if arr.size != expected:
         raise DataError(path, f"DICOM pixel data holds {arr.size} values, header says {expected}")
 
@@ -201,8 +204,11 @@ def _instance_order_is_spatial(files: Sequence[Path], folder: Path) -> bool:
     rows = []
     for f in files:
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True,
-                                 specific_tags=["InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient"])
+            ds = pydicom.dcmread(
+                str(f),
+                stop_before_pixels=True,
+                specific_tags=["InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient"],
+            )
         except Exception as e:
             raise DataError(f, f"unreadable DICOM header, file truncated or damaged ({type(e).__name__}: {e})") from e
         try:
@@ -214,8 +220,11 @@ def _instance_order_is_spatial(files: Sequence[Path], folder: Path) -> bool:
     pos = np.asarray([p for _, p in sorted(rows, key=lambda r: r[0])])
     gaps = np.diff(np.sort(pos))
     if gaps.size and (gaps.min() <= 1e-3 or gaps.max() > 1.1 * np.median(gaps)):
-        raise DataError(folder, f"slice positions are not evenly spaced (steps {gaps.min():.3g}..{gaps.max():.3g} mm): "
-                        "duplicated or missing slices")
+        raise DataError(
+            folder,
+            f"slice positions are not evenly spaced (steps {gaps.min():.3g}..{gaps.max():.3g} mm): "
+            "duplicated or missing slices",
+        )
     steps = np.diff(pos)
     return bool(np.all(steps > 0) or np.all(steps < 0))
 
@@ -303,10 +312,14 @@ def read_radiograph(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         raw = ds.pixel_array
     except Exception as e:
-        raise DataError(path, f"DICOM pixel data cannot be decoded, file truncated or damaged ({type(e).__name__}: {e})") from e
+        raise DataError(
+            path, f"DICOM pixel data cannot be decoded, file truncated or damaged ({type(e).__name__}: {e})"
+        ) from e
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DataError(path, f"expected a grey-scale radiograph (MONOCHROME1/2), got PhotometricInterpretation {photometric!r}")
+        raise DataError(
+            path, f"expected a grey-scale radiograph (MONOCHROME1/2), got PhotometricInterpretation {photometric!r}"
+        )
     if raw.ndim != 2:
         raise DataError(path, f"expected one 2D frame, got pixel array of shape {raw.shape}")
     arr = apply_modality_lut(raw, ds)
@@ -315,7 +328,10 @@ def read_radiograph(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     if has_voi:
         lo, hi = float(arr.min()), float(arr.max())
     else:  # no display window stored: robust range, so that a few outlier pixels do not rule
-        lo, hi = (float(v) for v in np.percentile(arr[:: max(1, arr.shape[0] // 512), :: max(1, arr.shape[1] // 512)], [0.5, 99.5]))
+        lo, hi = (
+            float(v)
+            for v in np.percentile(arr[:: max(1, arr.shape[0] // 512), :: max(1, arr.shape[1] // 512)], [0.5, 99.5])
+        )
         arr = np.clip(arr, lo, hi)
     if not np.isfinite([lo, hi]).all() or hi <= lo:
         raise DataError(path, f"radiograph has no contrast after modality/VOI LUT (values {lo}..{hi})")
@@ -331,62 +347,9 @@ def read_radiograph(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return arr, meta
 
 
-# ----------------------------------------------------------------------------------------------
-# writing (synthetic data)
+#: writers that moved to :mod:`monai_ext.data.synthetic.dicom` (still found here, with a DeprecationWarning)
+_MOVED = ("make_uid", "new_dataset", "set_pixels", "write_dataset", "ds_decimal")
 
 
-def make_uid(*parts: Any) -> str:
-    """A valid, deterministic DICOM UID derived from ``parts`` (pydicom's root, hashed entropy)."""
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
-
-
-def new_dataset(sop_class_uid: str, sop_instance_uid: str, **elements: Any) -> Dataset:
-    """A DICOM dataset with file meta information (explicit VR little endian) and ``elements``
-    given as keyword names (``PatientID="x"``...)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    if not _PYDICOM3:
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_instance_uid
-    for k, v in elements.items():
-        setattr(ds, k, v)
-    return ds
-
-
-def set_pixels(ds: Dataset, pixels: np.ndarray, bits_stored: int = 12, photometric: str = "MONOCHROME2") -> None:
-    """Store a 2D unsigned integer array as uncompressed 16-bit pixel data."""
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a 2D pixel array, got shape {pixels.shape}")
-    if pixels.min() < 0 or pixels.max() >= 2**bits_stored:
-        raise ValueError(f"pixel values {pixels.min()}..{pixels.max()} do not fit {bits_stored} bits")
-    ds.Rows, ds.Columns = (int(s) for s in pixels.shape)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-
-
-def write_dataset(path: Path, ds: Dataset) -> None:
-    """Write a dataset as a DICOM Part-10 file (preamble + file meta)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if _PYDICOM3:
-        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
-    else:  # pragma: no cover - pydicom 2.x
-        pydicom.dcmwrite(str(path), ds, write_like_original=False)
-
-
-def ds_decimal(values: Sequence[float] | float, digits: int = 6) -> Any:
-    """Values formatted for DS (decimal string) elements, which allow at most 16 characters."""
-    if isinstance(values, (int, float, np.floating, np.integer)):
-        return f"{float(values):.{digits}g}"
-    return [f"{float(v):.{digits}g}" for v in values]
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "monai_ext.data.synthetic.dicom", _MOVED, name)

@@ -100,9 +100,11 @@ def check_size(path: str | os.PathLike, shape: Sequence[int], itemsize: int, wha
     nbytes = n * int(itemsize)
     if n > max_pixels or nbytes > max_bytes:
         raise SizeLimitError(
-            path, f"{what} header declares {'x'.join(map(str, shape))} = {n:,} elements ({_fmt_bytes(nbytes)} "
-                  f"decoded), above the limit of {max_pixels:,} elements / {_fmt_bytes(max_bytes)}; not decoded. "
-                  f"Raise --max-pixels / --max-bytes (or {ENV_PIXELS} / {ENV_BYTES}) if the file is genuine")
+            path,
+            f"{what} header declares {'x'.join(map(str, shape))} = {n:,} elements ({_fmt_bytes(nbytes)} "
+            f"decoded), above the limit of {max_pixels:,} elements / {_fmt_bytes(max_bytes)}; not decoded. "
+            f"Raise --max-pixels / --max-bytes (or {ENV_PIXELS} / {ENV_BYTES}) if the file is genuine",
+        )
 
 
 def check_nifti_header(path: str | os.PathLike, out_itemsize: int = 4) -> tuple[int, ...]:
@@ -131,8 +133,9 @@ def check_image_header(path: str | os.PathLike, out_itemsize: int = 1) -> tuple[
             bands = len(im.getbands())
             mode = im.mode
     except Image.DecompressionBombError as e:
-        raise SizeLimitError(path, f"image header declares too many pixels (Pillow's decompression-bomb guard: "
-                                   f"{e})") from e
+        raise SizeLimitError(
+            path, f"image header declares too many pixels (Pillow's decompression-bomb guard: {e})"
+        ) from e
     except Exception as e:
         raise DataError(path, f"cannot read image header ({type(e).__name__}: {e})") from e
     per_band = 2 if mode.startswith("I;16") else (4 if mode in ("I", "F") else 1)
@@ -140,8 +143,9 @@ def check_image_header(path: str | os.PathLike, out_itemsize: int = 1) -> tuple[
     return h, w
 
 
-def check_tiff_header(path: str | os.PathLike, page: int = 0, out_itemsize: int | None = None,
-                      whole_page: bool = True) -> tuple[int, ...]:
+def check_tiff_header(
+    path: str | os.PathLike, page: int = 0, out_itemsize: int | None = None, whole_page: bool = True
+) -> tuple[int, ...]:
     """Shape of page ``page`` of a TIFF from its header (tifffile reads no pixels); one of its tiles or strips
     (what segment-wise readers decode at a time) and, with ``whole_page``, the page itself must fit the limits.
     Returns the shape."""
@@ -155,8 +159,11 @@ def check_tiff_header(path: str | os.PathLike, page: int = 0, out_itemsize: int 
             if pg.is_tiled:
                 segment = (int(pg.tilelength), int(pg.tilewidth), int(pg.samplesperpixel))
             else:
-                segment = (min(int(pg.rowsperstrip or pg.imagelength), int(pg.imagelength)), int(pg.imagewidth),
-                           int(pg.samplesperpixel))
+                segment = (
+                    min(int(pg.rowsperstrip or pg.imagelength), int(pg.imagelength)),
+                    int(pg.imagewidth),
+                    int(pg.samplesperpixel),
+                )
     except Exception as e:
         raise DataError(path, f"cannot read TIFF header ({type(e).__name__}: {e})") from e
     size = max(itemsize, out_itemsize or 0)
@@ -166,8 +173,9 @@ def check_tiff_header(path: str | os.PathLike, page: int = 0, out_itemsize: int 
     return shape
 
 
-def check_dicom_header(path: str | os.PathLike, ds: Any = None, n_files: int = 1, out_itemsize: int = 4
-                       ) -> tuple[int, ...]:
+def check_dicom_header(
+    path: str | os.PathLike, ds: Any = None, n_files: int = 1, out_itemsize: int = 4
+) -> tuple[int, ...]:
     """``(frames, rows, columns, samples)`` of a DICOM file from its header (``ds`` read with
     ``stop_before_pixels=True`` when not given), times ``n_files`` for a series of such files: the decoded
     pixels (``BitsAllocated`` or ``out_itemsize`` bytes per value, whichever is larger) must fit the limits."""

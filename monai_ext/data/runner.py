@@ -33,7 +33,7 @@ def _call(func: Callable[[T], Any], case: T) -> tuple[Any, tuple[str, str, str] 
         return func(case), None
     except DataError as e:
         return None, ("data", e.path, e.problem)
-    except Exception as e:  # an unexpected failure of one case must not end a long run
+    except Exception as e:  # noqa: BLE001 (an unexpected failure of one case must not end a long run)
         logger.debug("case failed:\n%s", traceback.format_exc())
         return None, ("other", "", f"{type(e).__name__}: {e}")
 

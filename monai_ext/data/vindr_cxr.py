@@ -23,15 +23,11 @@ each resolution, ``label``, ``image_id``, ``votes``/``readers``; and one ``datal
 per resolution whose ``image`` is that resolution, so that a bundle selects the resolution by
 overriding one value (the datalist path) and keeps the key ``image`` throughout.
 
-:func:`synthesize` writes the same layout: PA chest radiographs drawn from lungs, ribs, spine,
-mediastinum and a heart whose width sets the cardiothoracic ratio (CTR); each of three readers
-calls cardiomegaly when his noisy, biased reading of the CTR exceeds 0.5, so readers disagree
-near the threshold.
+Synthetic data in this layout: :mod:`monai_ext.data.synthetic.vindr_cxr`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import json
@@ -51,20 +47,43 @@ from monai_ext.data.common import (
     data_origin,
     grouped_split,
     write_datalist,
-    write_synthetic_marker,
 )
-from monai_ext.data.dicom import ds_decimal, make_uid, new_dataset, read_radiograph, set_pixels, write_dataset
+from monai_ext.data.dataset import Option, moved_attribute
+from monai_ext.data.dicom import read_radiograph
 from monai_ext.data.runner import check_settings, run_cases
 
 logger = logging.getLogger(__name__)
 
 #: the 28 image-level label columns of VinDr-CXR (22 local lesions + 6 global diagnoses)
 FINDINGS = (
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
-    "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung cavity",
-    "Lung cyst", "Lung Opacity", "Mediastinal shift", "Nodule/Mass", "Pleural effusion",
-    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture", "Other lesion",
-    "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Clavicle fracture",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged PA",
+    "ILD",
+    "Infiltration",
+    "Lung cavity",
+    "Lung cyst",
+    "Lung Opacity",
+    "Mediastinal shift",
+    "Nodule/Mass",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "Rib fracture",
+    "Other lesion",
+    "COPD",
+    "Lung tumor",
+    "Pneumonia",
+    "Tuberculosis",
+    "Other diseases",
+    "No finding",
 )
 TRAIN_CSV = "annotations/image_labels_train.csv"
 TEST_CSV = "annotations/image_labels_test.csv"
@@ -73,8 +92,6 @@ DEFAULT_RESOLUTIONS = (224, 1024)
 #: the SFN paper's training / validation / test sizes (of 15,000 official training images)
 PAPER_SPLIT = (9000, 3000, 3000)
 FORMATS = {"png": ".png", "png16": ".png", "nifti": ".nii.gz"}
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 #: splits a usable prepared folder needs and the classes each must hold (checked by ``monai-ext prepare``)
 REQUIRED_SPLITS = ("training", "validation", "test")
 CLASSES = (0, 1)
@@ -98,8 +115,9 @@ def consensus(votes: Sequence[int], rule: str = "majority") -> int:
     raise ValueError(f"unknown consensus rule {rule!r}; use 'majority' or 'any'")
 
 
-def read_labels(csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majority",
-                required: Sequence[str] = ("image_id",)) -> tuple[dict[str, dict[str, int]], list[DataError]]:
+def read_labels(
+    csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majority", required: Sequence[str] = ("image_id",)
+) -> tuple[dict[str, dict[str, int]], list[DataError]]:
     """Per-image label from a VinDr label CSV: ``{image_id: {"label", "votes", "readers"}}``.
 
     Several rows of one image (one per reader) are combined by ``rule``; a single row is taken
@@ -132,7 +150,9 @@ def read_labels(csv_path: Path, finding: str = "Cardiomegaly", rule: str = "majo
             if v not in (0.0, 1.0):
                 raise ValueError
         except ValueError:
-            problems.append(DataError(csv_path, f"row {row_no}: {finding} value {value!r} of image {image_id} is not 0 or 1"))
+            problems.append(
+                DataError(csv_path, f"row {row_no}: {finding} value {value!r} of image {image_id} is not 0 or 1")
+            )
             continue
         votes.setdefault(image_id, []).append(int(v))
     labels = {i: {"label": consensus(v, rule), "votes": int(sum(v)), "readers": len(v)} for i, v in votes.items()}
@@ -194,17 +214,36 @@ def _prepare_image(case: dict[str, Any], fmt: str) -> dict[str, Any]:
 # preparation
 
 
-def add_prepare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resolutions", type=int, nargs="+", default=list(DEFAULT_RESOLUTIONS),
-                        help="square output sizes in pixels (default: 224 1024)")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="png",
-                        help="cache format: 8-bit PNG (default), 16-bit PNG, float NIfTI")
-    parser.add_argument("--consensus", choices=("majority", "any"), default="majority",
-                        help="how the readers of a training image are combined (default: majority)")
-    parser.add_argument("--finding", default="Cardiomegaly", help="label column (default: Cardiomegaly)")
-    parser.add_argument("--split", choices=("paper", "official"), default="paper",
-                        help="paper: official train split 9000/3000/3000; official: train/val 3:1 + official test")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+#: ``monai-ext prepare vindr_cxr`` options (keywords of :func:`prepare`)
+PREPARE_OPTIONS = (
+    Option.of(
+        "--resolutions",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_RESOLUTIONS),
+        help="square output sizes in pixels (default: 224 1024)",
+    ),
+    Option.of(
+        "--format",
+        choices=sorted(FORMATS),
+        default="png",
+        help="cache format: 8-bit PNG (default), 16-bit PNG, float NIfTI",
+    ),
+    Option.of(
+        "--consensus",
+        choices=("majority", "any"),
+        default="majority",
+        help="how the readers of a training image are combined (default: majority)",
+    ),
+    Option.of("--finding", default="Cardiomegaly", help="label column (default: Cardiomegaly)"),
+    Option.of(
+        "--split",
+        choices=("paper", "official"),
+        default="paper",
+        help="paper: official train split 9000/3000/3000; official: train/val 3:1 + official test",
+    ),
+    Option.of("--workers", type=int, default=1, help="worker processes"),
+)
 
 
 def prepare(
@@ -257,7 +296,12 @@ def prepare(
         on_disk.update({p.stem: p for p in folder.glob("*.dcm")} if folder.is_dir() else {})
         for image_id in sorted(set(labels) | set(on_disk)):
             if image_id not in on_disk:
-                skips.add(image_id, DataError(folder / f"{image_id}.dicom", f"image listed in {group} label CSV but the file is missing"))
+                skips.add(
+                    image_id,
+                    DataError(
+                        folder / f"{image_id}.dicom", f"image listed in {group} label CSV but the file is missing"
+                    ),
+                )
                 continue
             if image_id not in labels:
                 skips.add(image_id, DataError(on_disk[image_id], f"image has no row in the {group} label CSV"))
@@ -298,8 +342,14 @@ def prepare(
             datalist[assign[i]].append(entry(i, "train"))
         datalist["test"] = [entry(i, "test") for i in test_ids]
     meta = {
-        "dataset": "vindr_cxr", "num_classes": 2, "finding": finding, "consensus": consensus,
-        "split": split, "resolutions": resolutions, "settings": {"format": format}, "seed": seed,
+        "dataset": "vindr_cxr",
+        "num_classes": 2,
+        "finding": finding,
+        "consensus": consensus,
+        "split": split,
+        "resolutions": resolutions,
+        "settings": {"format": format},
+        "seed": seed,
         "data_origin": data_origin(raw),
     }
     out.mkdir(parents=True, exist_ok=True)  # also when no image could be prepared: the datalist says so
@@ -314,162 +364,10 @@ def prepare(
     return datalist
 
 
-# ----------------------------------------------------------------------------------------------
-# synthetic data
+#: generator names that moved to :mod:`monai_ext.data.synthetic.vindr_cxr` (still found here, with a
+#: DeprecationWarning)
+_MOVED = ("synthesize", "synth_radiograph", "DX_STORAGE", "CR_STORAGE")
 
 
-def _ellipse(U: np.ndarray, V: np.ndarray, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
-    return ((U - cu) / ru) ** 2 + ((V - cv) / rv) ** 2 <= 1
-
-
-def synth_radiograph(rng: np.random.Generator, ctr: float, effusion: bool = False) -> np.ndarray:
-    """A PA chest radiograph ``(H, W)`` in ``[0, 1]`` (bright = dense) with the given
-    cardiothoracic ratio: heart width / inner thoracic width (between the lungs' outer edges)."""
-    from scipy.ndimage import gaussian_filter
-
-    H = int(rng.integers(352, 449))
-    W = int(H * rng.uniform(0.82, 1.0))
-    V, U = np.meshgrid((np.arange(H) + 0.5) / H, (np.arange(W) + 0.5) / W, indexing="ij")
-    # patient size, position and rotation on the detector
-    scale, theta = rng.uniform(0.85, 1.08), np.deg2rad(rng.uniform(-4, 4))
-    du, dv = rng.uniform(-0.05, 0.05, size=2)
-    Uc, Vc = U - 0.5 - du, V - 0.5 - dv
-    U = (np.cos(theta) * Uc + np.sin(theta) * Vc) / scale + 0.5
-    V = (-np.sin(theta) * Uc + np.cos(theta) * Vc) / scale + 0.5
-    img = np.full((H, W), 0.04, np.float32)
-    cx = 0.5 + rng.uniform(-0.03, 0.03)
-    thorax = rng.uniform(0.66, 0.80)  # inner thoracic width, fraction of the image width
-    trunk = _ellipse(U, V, cx, 0.62, thorax / 2 + 0.09, 0.62) | ((np.abs(U - cx) < thorax / 2 + 0.12) & (V > 0.16))
-    img[trunk] = 0.42  # soft tissue of the trunk and shoulders
-    lung_top, lung_bottom = rng.uniform(0.10, 0.16), rng.uniform(0.70, 0.78)
-    lv, lh = (lung_top + lung_bottom) / 2, (lung_bottom - lung_top) / 2
-    lungs = np.zeros((H, W), bool)
-    for sgn in (-1, 1):
-        lungs |= _ellipse(U, V, cx + sgn * thorax / 4, lv, thorax / 4, lh)
-    # vascular markings: smooth texture, denser towards the hila
-    texture = gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), 2.5)
-    hila = np.exp(-(((np.abs(U - cx) - 0.12) / 0.12) ** 2 + ((V - lv) / 0.2) ** 2))
-    img[lungs] = 0.10 + 0.08 * hila[lungs] + 0.025 * texture[lungs] / (texture.std() + 1e-6)
-    # ribs: arcs across each lung
-    for k in range(9):
-        v0 = lung_top + 0.02 + k * (lung_bottom - lung_top) / 9.5
-        arc = v0 + 0.9 * (U - cx) ** 2 - 0.04 * np.abs(U - cx)
-        img[lungs & (np.abs(V - arc) < 0.008)] += 0.07
-    # heart: transverse diameter = ctr * thorax, shifted to the patient's left (image right)
-    hw = ctr * thorax
-    hcu = cx + hw * rng.uniform(0.10, 0.20)
-    hcv = lung_bottom - rng.uniform(0.10, 0.14)
-    hh = rng.uniform(0.11, 0.15)
-    heart = _ellipse(U, V, hcu, hcv, hw / 2, hh) & (V < lung_bottom + 0.02)
-    # mediastinum: widening from the neck down to the heart; aortic knob on the left
-    med_w = thorax * rng.uniform(0.10, 0.14)
-    t = np.clip((V - lung_top) / max(hcv - hh - lung_top, 1e-3), 0, 1)
-    med = (np.abs(U - cx) < (med_w / 2) * (1 + 0.6 * t)) & (V > 0.0) & (V < hcv)
-    img[med] = 0.52
-    knob = _ellipse(U, V, cx + med_w / 2, lung_top + 0.12, rng.uniform(0.03, 0.05), 0.035)
-    img[knob] = np.maximum(img[knob], 0.52)
-    img[heart] = 0.55
-    spine = np.abs(U - cx) < 0.03
-    img[spine] += 0.04 + 0.02 * np.cos(V[spine] * 2 * np.pi * 18)
-    # diaphragm / abdomen below the lungs
-    dome = lung_bottom - 0.05 * np.cos((U - cx) * np.pi * 1.5) + 0.05
-    img[(V > dome) & trunk] = 0.5
-    if effusion:  # blunted costophrenic angle on one side
-        side = cx + rng.choice([-1, 1]) * thorax * 0.33
-        img[_ellipse(U, V, side, lung_bottom, thorax * 0.15, 0.08) & lungs] = 0.45
-    if rng.random() < 0.5:  # breast shadows over the lower lung fields
-        for sgn in (-1, 1):
-            img[_ellipse(U, V, cx + sgn * thorax * 0.32, lung_bottom - 0.02, thorax * 0.17, 0.12) & lungs] += rng.uniform(0.04, 0.1)
-    # clavicles
-    for sgn in (-1, 1):
-        cl = np.abs(V - (lung_top + 0.02 + 0.15 * np.abs(U - cx))) < 0.012
-        img[cl & (np.abs(U - cx) > 0.03) & (np.abs(U - cx) < thorax / 2 + 0.05)] += 0.10
-    img = gaussian_filter(img, rng.uniform(0.8, 1.8))
-    img += rng.normal(0, 0.012, img.shape).astype(np.float32)
-    gamma = rng.uniform(0.8, 1.25)
-    return np.clip(img, 0, 1) ** gamma
-
-
-def _reader_bias(seed: int, reader: str) -> float:
-    return float(np.random.default_rng([seed, int(reader[1:]), 17]).normal(0, 0.015))
-
-
-def _write_cxr_dicom(path: Path, img: np.ndarray, rng: np.random.Generator, seed: int, image_id: str) -> None:
-    """Store a display image as a DX/CR DICOM: random bit depth, MONOCHROME1/2, modality rescale,
-    VOI window (or none)."""
-    bits = int(rng.choice([12, 14]))
-    maxv = 2**bits - 1
-    values = 0.05 * maxv + img * 0.85 * maxv
-    mono1 = bool(rng.random() < 0.5)
-    if mono1:
-        values = maxv - values
-    stored = np.clip(np.round(values), 0, maxv).astype(np.uint16)
-    slope, intercept = (1.0, 0.0) if rng.random() < 0.6 else (float(rng.choice([0.5, 2.0])), float(rng.choice([-1024.0, 100.0])))
-    modality = stored.astype(np.float64) * slope + intercept
-    cr = bool(rng.random() < 0.3)
-    elements: dict[str, Any] = dict(
-        PatientID=image_id[:8], Modality="CR" if cr else "DX", StudyInstanceUID=make_uid(seed, image_id, "study"),
-        SeriesInstanceUID=make_uid(seed, image_id, "series"), SeriesNumber=1, InstanceNumber=1,
-        ImagerPixelSpacing=ds_decimal([430.0 / img.shape[0]] * 2), PixelSpacing=ds_decimal([430.0 / img.shape[0]] * 2),
-        BodyPartExamined="CHEST", ViewPosition="PA", PresentationIntentType="FOR PRESENTATION",
-        RescaleSlope=ds_decimal(slope), RescaleIntercept=ds_decimal(intercept), RescaleType="US",
-    )
-    if rng.random() < 0.85:  # VOI window over most of the modality range (clips the extremes)
-        lo, hi = np.percentile(modality, [0.5, 99.5])
-        elements["WindowCenter"] = ds_decimal((lo + hi) / 2)
-        elements["WindowWidth"] = ds_decimal(max(hi - lo, 1.0))
-    ds = new_dataset(CR_STORAGE if cr else DX_STORAGE, make_uid(seed, image_id, "sop"), **elements)
-    set_pixels(ds, stored, bits_stored=bits, photometric="MONOCHROME1" if mono1 else "MONOCHROME2")
-    write_dataset(path, ds)
-
-
-def synthesize(out: Path, cases: int = 120, seed: int = 0) -> None:
-    """Write a synthetic VinDr-CXR dataset (layout in the module docstring): ``cases`` images,
-    5/6 in ``train`` with three readers each, 1/6 in ``test`` with one consensus row."""
-    import csv
-
-    from tqdm.auto import tqdm
-
-    out = Path(out)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    n_test = max(1, cases // 6) if cases > 1 else 0
-    readers = [f"R{i}" for i in range(1, 18)]
-    train_rows, test_rows = [], []
-    for i in tqdm(range(cases), desc="synthetic VinDr-CXR", unit="image"):
-        rng = np.random.default_rng([seed, i, 18000])
-        image_id = f"{int(rng.integers(0, 2**63)):016x}{int(rng.integers(0, 2**63)):016x}"
-        group = "test" if i >= cases - n_test else "train"
-        ctr = float(np.clip(rng.normal(0.47, 0.06), 0.33, 0.68))
-        effusion = bool(rng.random() < 0.08)
-        aortic = bool(rng.random() < 0.10)
-        img = synth_radiograph(rng, ctr, effusion)
-        _write_cxr_dicom(out / group / f"{image_id}.dicom", img, rng, seed, image_id)
-
-        def row(reader: str | None, noise: float) -> dict[str, Any]:
-            bias = _reader_bias(seed, reader) if reader else 0.0
-            cardio = int(ctr + bias + rng.normal(0, noise) > 0.5)
-            r = {f: 0 for f in FINDINGS}
-            r.update({"Cardiomegaly": cardio, "Pleural effusion": int(effusion), "Aortic enlargement": int(aortic)})
-            r["No finding"] = int(not (cardio or effusion or aortic))
-            return {"image_id": image_id, **({"rad_id": reader} if reader else {}), **r}
-
-        if group == "train":
-            for reader in rng.choice(readers, size=3, replace=False):
-                train_rows.append(row(str(reader), 0.02))
-        else:
-            test_rows.append(row(None, 0.01))
-    for name, rows, cols in (
-        ("image_labels_train.csv", train_rows, ["image_id", "rad_id", *FINDINGS]),
-        ("image_labels_test.csv", test_rows, ["image_id", *FINDINGS]),
-    ):
-        tmp = atomic_path(out / "annotations" / name)
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(out / "annotations" / name)
-    (out / "README.txt").write_text(
-        f"Synthetic VinDr-CXR layout written by monai_ext (seed {seed}, {cases} images). Not patient data.\n"
-        "Prepare with: monai-ext prepare vindr_cxr --raw THIS_FOLDER --out OUT\n"
-    )
-    write_synthetic_marker(out, "vindr_cxr", cases, seed)
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "monai_ext.data.synthetic.vindr_cxr", _MOVED, name)
