@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -25,7 +26,7 @@ from monai_ext.data.common import (
 )
 from monai_ext.data.synthetic import btcv as synth_btcv
 from monai_ext.data.synthetic import vindr_cxr as synth_vindr
-from monai_ext.workflows.checks import DatasetError, check_datalist
+from monai_ext.workflows.checks import DatasetError, check_datalist, load_datalist
 
 
 def _cli_errors(caplog, argv: list[str]) -> tuple[int, list[str]]:
@@ -145,3 +146,65 @@ def test_check_datalist_refuses_one_class_validation(tmp_path):
 
 def test_data_origin_without_marker(tmp_path):
     assert data_origin(tmp_path)["synthetic"] is False
+
+
+# ---------------------------------------------------------------------------------------------- load_datalist
+def _datalist(tmp_path: Path, body: dict) -> Path:
+    (tmp_path / "datalist.json").write_text(json.dumps(body))
+    return tmp_path
+
+
+def test_load_datalist_paths_labels_and_other_keys(tmp_path):
+    """image / label strings joined to the folder (label lists too), a class index left alone, other keys kept as
+    stored even when they name an existing file (so an entry does not depend on what the folder holds)."""
+    (tmp_path / "images_96").mkdir()
+    (tmp_path / "images_96" / "a.png").write_bytes(b"x")
+    root = _datalist(
+        tmp_path,
+        {
+            "training": [
+                {"image": "images_64/a.png", "image_96": "images_96/a.png", "label": 1, "case": "a", "votes": [1, 0]},
+                {"image": "b.nii.gz", "label": ["l1.nii.gz", "l2.nii.gz"]},
+            ]
+        },
+    )
+    items = load_datalist(root, "training")
+    assert items[0] == {
+        "image": str(root / "images_64" / "a.png"),
+        "image_96": "images_96/a.png",
+        "label": 1,
+        "case": "a",
+        "votes": [1, 0],
+    }
+    assert items[1] == {"image": str(root / "b.nii.gz"), "label": [str(root / "l1.nii.gz"), str(root / "l2.nii.gz")]}
+    # a relative dataset folder stays relative (the run hash keeps relative paths as they are)
+    rel = load_datalist(Path(os.path.relpath(root)), "training")
+    assert rel[0]["image"] == os.path.join(os.path.relpath(root), "images_64", "a.png")
+    # path_keys: other keys joined on request, label kept as stored when not listed
+    items = load_datalist(root, "training", path_keys=("image", "image_96"))
+    assert items[0]["image_96"] == str(root / "images_96" / "a.png") and items[1]["label"] == ["l1.nii.gz", "l2.nii.gz"]
+
+
+def test_load_datalist_decathlon_test_split_and_empty_split(tmp_path):
+    """A decathlon-style ``test`` list of plain paths (MONAI's format, e.g. BTCV's dataset_0.json) is read as
+    entries; an empty split is an empty list. The previous hand-written reader failed on the plain paths."""
+    root = _datalist(tmp_path, {"training": [], "test": ["imagesTs/img0061.nii.gz", "imagesTs/img0062.nii.gz"]})
+    assert load_datalist(root, "test") == [{"image": str(root / "imagesTs" / f"img006{i}.nii.gz")} for i in (1, 2)]
+    assert load_datalist(root, "training") == []
+
+
+def test_load_datalist_errors_name_the_datalist(tmp_path):
+    with pytest.raises(DatasetError, match=r"datalist.json: datalist not found; create it with `monai-ext synth"):
+        load_datalist(tmp_path, "training")
+    (tmp_path / "datalist.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"datalist.json: not valid JSON"):
+        load_datalist(tmp_path, "training")
+    _datalist(tmp_path, {"training": [{"image": "a.png"}], "seed": 0})
+    with pytest.raises(DatasetError, match=r"datalist.json: no 'validation' split \(has \['training'\]\)"):
+        load_datalist(tmp_path, "validation")
+    _datalist(tmp_path, {"training": "a.png"})
+    with pytest.raises(DatasetError, match=r"datalist.json: split 'training' is not a list of entries \(str\)"):
+        load_datalist(tmp_path, "training")
+    _datalist(tmp_path, {"training": ["a.png"]})
+    with pytest.raises(DatasetError, match=r"datalist.json: split 'training' holds an unusable entry"):
+        load_datalist(tmp_path, "training")

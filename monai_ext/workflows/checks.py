@@ -34,8 +34,14 @@ def load_datalist(dataset_dir: str | Path, split: str, datalist: str = "datalist
                   path_keys: Sequence[str] = ("image", "label")) -> list[dict[str, Any]]:
     """Entries of ``split`` with the ``path_keys`` made absolute against ``dataset_dir``.
 
-    Keys whose values are not strings (e.g. a class index under ``label``) are left as they are.
+    MONAI's :func:`monai.data.load_decathlon_datalist` reads the entries (a ``test`` split may be a list of plain
+    paths, as in decathlon datalists; ``image`` / ``label`` strings or lists of strings are joined to
+    ``dataset_dir``, other values, e.g. a class index under ``label``, are left as they are). Keys outside
+    ``path_keys`` keep their stored value (MONAI would also join any other key that names an existing file), so
+    that an entry is the same whatever the folder holds. Problems raise :class:`DatasetError` naming the datalist.
     """
+    from monai.data import load_decathlon_datalist
+
     root = Path(dataset_dir)
     path = root / datalist
     if not path.is_file():
@@ -43,13 +49,29 @@ def load_datalist(dataset_dir: str | Path, split: str, datalist: str = "datalist
     body = _read_json(path)
     if split not in body:
         raise DatasetError(f"{path}: no {split!r} split (has {sorted(k for k in body if isinstance(body[k], list))})")
-    out = []
-    for item in body[split]:
-        item = dict(item)
-        for k in path_keys:
-            if isinstance(item.get(k), str):
-                item[k] = str(root / item[k])
-        out.append(item)
+    stored = body[split]
+    if not isinstance(stored, list):
+        raise DatasetError(f"{path}: split {split!r} is not a list of entries ({type(stored).__name__})")
+    if not stored:
+        return []
+    try:
+        items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=split, base_dir=root)
+    except (TypeError, ValueError, AttributeError) as e:  # an entry that is not a mapping (or a path, in "test")
+        raise DatasetError(f"{path}: split {split!r} holds an unusable entry ({e})") from None
+    return [_entry(item, raw if isinstance(raw, dict) else {"image": raw}, root, path_keys)
+            for item, raw in zip(items, stored)]
+
+
+def _entry(item: dict[str, Any], raw: dict[str, Any], root: Path, path_keys: Sequence[str]) -> dict[str, Any]:
+    """``item`` as MONAI joined it, with the stored values outside ``path_keys`` and other ``path_keys`` joined."""
+    out = {}
+    for k, v in item.items():
+        if k not in path_keys:
+            out[k] = raw[k]
+        elif k in ("image", "label"):  # joined by MONAI
+            out[k] = v
+        else:
+            out[k] = str(root / raw[k]) if isinstance(raw[k], str) else raw[k]
     return out
 
 
