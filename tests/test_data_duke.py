@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,13 @@ def test_synth_deterministic(tmp_path):
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
     assert duke.read_clinical(a / duke.CLINICAL_NAME) == duke.read_clinical(b / duke.CLINICAL_NAME)
+    # the clinical table is reproducible too: openpyxl stamps the save time into the zip entries and
+    # dcterms:modified, which the generator fixes (previously two runs gave different bytes)
+    with zipfile.ZipFile(a / duke.CLINICAL_NAME) as z:
+        assert {i.date_time for i in z.infolist()} == {(2021, 1, 1, 0, 0, 0)}
+        assert b"<dcterms:modified" in z.read("docProps/core.xml")
+        assert b">2021-01-01T00:00:00Z</dcterms:modified>" in z.read("docProps/core.xml")
+    assert (a / duke.CLINICAL_NAME).read_bytes() == (b / duke.CLINICAL_NAME).read_bytes()
 
 
 def test_bad_input_skipped(raw, tmp_path):

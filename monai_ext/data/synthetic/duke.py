@@ -9,7 +9,9 @@ with the real sheet's header rows.
 from __future__ import annotations
 
 import datetime
+import io
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -312,7 +314,26 @@ def _write_clinical_xlsx(path: Path, rows: Sequence[tuple[str, int, str, str, st
         ws.append([pid, days, maker, location, int(bilateral) if bilateral in ("0", "1") else bilateral])
     fixed = datetime.datetime(2021, 1, 1)
     wb.properties.created = fixed
-    wb.properties.modified = fixed
+    buf = io.BytesIO()
+    wb.save(buf)
     tmp = atomic_path(path)
-    wb.save(tmp)
+    tmp.write_bytes(_at_fixed_time(buf.getvalue(), fixed))
     tmp.replace(path)
+
+
+def _at_fixed_time(xlsx: bytes, stamp: datetime.datetime) -> bytes:
+    """``xlsx`` with every save-time stamp set to ``stamp``: openpyxl writes the current time into
+    ``dcterms:modified`` and each zip entry whatever the workbook says, so two runs would differ."""
+    iso = stamp.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(xlsx)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename == "docProps/core.xml":
+                body = re.sub(
+                    rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)", rb"\g<1>" + iso + rb"\g<2>", body
+                )
+            entry = zipfile.ZipInfo(info.filename, date_time=stamp.timetuple()[:6])
+            entry.external_attr = info.external_attr
+            dst.writestr(entry, body, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
