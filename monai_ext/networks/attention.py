@@ -254,7 +254,7 @@ def _sfn_fold_graph(qkv: torch.Tensor, mask: Optional[torch.Tensor], gammas: Lis
 
 #: elements per chunk when statistics are accumulated over token chunks (keeps temporaries small,
 #: in cache and off the page-fault path of large fresh allocations)
-_CHUNK_ELEMENTS = 1 << 19
+_CHUNK_ELEMENTS = 1 << 21
 
 
 class _SoftmaxFreeFold(torch.autograd.Function):
@@ -282,14 +282,22 @@ class _SoftmaxFreeFold(torch.autograd.Function):
             mean = x.sum(dim=1) / nc
             var = torch.zeros_like(mean)
             g = x.new_zeros(bsz, num_heads, d, d)
-            step = max(16, _CHUNK_ELEMENTS // c3)
+            step = min(n, max(16, _CHUNK_ELEMENTS // (bsz * c3)))
+            buf = x.new_empty(bsz, step, c3)  # one chunk buffer, reused: few ops, no page-faulting temporaries
             for s in range(0, n, step):  # exact centred statistics and K_c^T V_c, chunk by chunk
                 xs = x[:, s : s + step]
-                xc = xs - mean.unsqueeze(1) if mk is None else xs - mk[:, s : s + step] * mean.unsqueeze(1)
-                ln = xc.shape[1]
+                ln = xs.shape[1]
+                xc = buf[:, :ln]
+                if mk is None:
+                    torch.sub(xs, mean.unsqueeze(1), out=xc)
+                else:
+                    torch.addcmul(xs, mk[:, s : s + step], mean.unsqueeze(1), value=-1.0, out=xc)
                 kc = xc[..., c : 2 * c].reshape(bsz, ln, num_heads, d).transpose(1, 2)
                 vc = xc[..., 2 * c :].reshape(bsz, ln, num_heads, d).transpose(1, 2)
-                g += torch.matmul(kc.transpose(-2, -1), vc)
+                if bsz == 1:  # strided per-head views straight into BLAS (matmul would copy them)
+                    g[0] += torch.bmm(kc[0].transpose(-2, -1), vc[0])
+                else:
+                    g += torch.matmul(kc.transpose(-2, -1), vc)
                 var += xc.square_().sum(dim=1)
             var /= nc
             r = torch.rsqrt(var + eps)
