@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monai_ext.data.cli",
     "monai_ext.bench.cli",
     "monai_ext.reports.cli",
-    "monai_ext.bundle_tools",
+    "monai_ext.bundle.cli",
     "monai_ext.utils.cli",
 )
 

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .bundle.registry import BUNDLE_DATASETS, BUNDLE_NAMES, BundleError
+from .bundle.registry import bundles_dir as find_bundles_dir
 from .networks import ViT
 
 logger = logging.getLogger(__name__)
@@ -70,19 +72,23 @@ def train_demo(attention: str = "softmax_free", steps: int = 150, batch_size: in
             "test_accuracy": acc, "chance": 0.5, "train_seconds": train_s}
 
 
+#: dataset -> (synthetic cases, prepare options, train overrides) of the demo
+DEMO_SETTINGS: dict[str, tuple[int, dict, dict]] = {
+    # CPU-sized: 64 px at patch 8 (64 tokens); the bundle's own default is 224 px at patch 16
+    "vindr_cxr": (1200, {"resolutions": [64]}, {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
+    "duke": (922, {"workers": 2}, {}),  # the real DUKE size
+    "btcv": (24, {}, {}),
+    "paip": (12, {}, {}),
+}
 #: bundle -> (dataset name, synthetic cases, prepare options, train overrides) of the demo
 DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
-    # CPU-sized: 64 px at patch 8 (64 tokens); the bundle's own default is 224 px at patch 16
-    "vindr_cxr_cardiomegaly_classification": ("vindr_cxr", 1200, {"resolutions": [64]},
-                                              {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
-    "duke_breast_mri_classification": ("duke", 922, {"workers": 2}, {}),  # the real DUKE size
-    "apf_unetr_btcv_segmentation": ("btcv", 24, {}, {}),
-    "apf_unetr_paip_segmentation": ("paip", 12, {}, {}),
+    name: (dataset, *DEMO_SETTINGS[dataset]) for name, dataset in BUNDLE_DATASETS.items()
 }
 
 
 def bundles_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "bundles"
+    """``bundles/`` of the working directory (``--bundles-dir`` says otherwise); :class:`BundleError` if missing."""
+    return find_bundles_dir()
 
 
 DEMO_MARKER = ".monai_ext_demo.json"
@@ -232,17 +238,22 @@ def demo_data(root: Path, dataset: str, cases: int, seed: int = 0, prep_opts: di
     return prepared.path
 
 
-def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0, root: Path | None = None) -> dict:
-    """synth -> prepare -> train -> evaluate one bundle into ``bundles/<bundle>/{data,models,eval}``.
+def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0, root: Path | None = None,
+                    bundles: Path | None = None) -> dict:
+    """synth -> prepare -> train -> evaluate one bundle into ``<bundles>/<bundle>/{data,models,eval}``
+    (``root``: the bundle folder itself; ``bundles``: default :func:`bundles_dir`).
 
     Data go only into folders the demo owns (:func:`demo_data`); an earlier ``eval/`` is moved to
     ``eval/previous/<time>/`` (:func:`move_aside`); ``models/`` is left to the training run."""
     if bundle not in DEMO_BUNDLES:
         raise ValueError(f"unknown bundle {bundle!r}; available: {sorted(DEMO_BUNDLES)}")
     dataset, cases, prep_opts, overrides = DEMO_BUNDLES[bundle]
-    root = Path(root) if root is not None else bundles_dir() / bundle
+    if root is None:
+        root = (find_bundles_dir(bundles) if bundles is not None else bundles_dir()) / bundle
+    root = Path(root)
     if not (root / "configs" / "train.yaml").is_file():
-        raise FileNotFoundError(f"{root / 'configs' / 'train.yaml'} not found: run from a monai_ext checkout")
+        raise BundleError(f"{root / 'configs' / 'train.yaml'} not found: not the {bundle} bundle folder; give the "
+                          f"folder holding the bundles with --bundles-dir")
     t0 = time.perf_counter()
     demo_data(root, dataset, cases, seed, prep_opts)
     cfg = root / "configs"
@@ -274,7 +285,9 @@ def run_bundle_demo(bundle: str, epochs: int | None = None, seed: int = 0, root:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synth -> prepare -> train -> evaluate a bundle on synthetic data")
-    p.add_argument("--bundle", default="vindr_cxr_cardiomegaly_classification", choices=sorted(DEMO_BUNDLES))
+    p.add_argument("--bundle", default=BUNDLE_NAMES[0], choices=sorted(DEMO_BUNDLES))
+    p.add_argument("--bundles-dir", type=Path, default=None,
+                   help="folder holding the bundle folders (default: ./bundles of the working directory)")
     p.add_argument("--epochs", type=int, default=None, help="override the bundle's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy", action="store_true", help="seconds-long in-memory ViT training instead")
@@ -290,8 +303,8 @@ def _run(args: argparse.Namespace) -> int:
         from .data.common import DataError
 
         try:
-            result = run_bundle_demo(args.bundle, epochs=args.epochs, seed=args.seed)
-        except (FolderNotOwned, DataError) as e:  # one line naming the folder / file, no traceback
+            result = run_bundle_demo(args.bundle, epochs=args.epochs, seed=args.seed, bundles=args.bundles_dir)
+        except (FolderNotOwned, DataError, BundleError) as e:  # one line naming the folder / file, no traceback
             logger.debug("demo stopped", exc_info=True)
             logger.error("demo stopped: %s", e)
             return 1

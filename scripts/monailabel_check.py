@@ -39,23 +39,23 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_ext.bundle.registry import BUNDLE_DATASETS
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 logger = logging.getLogger("monailabel_check")
 
-#: per bundle: dataset module, synth kwargs, prepare kwargs, training overrides, datalist file name
-BUNDLES: dict[str, dict] = {
-    "vindr_cxr_cardiomegaly_classification": dict(
-        dataset="vindr_cxr", synth=dict(cases=24), prepare=dict(resolutions=[224]),
-        train=dict(batch_size=4), datalist="datalist_224.json"),
-    "duke_breast_mri_classification": dict(
-        dataset="duke", synth=dict(cases=12), prepare=dict(), train=dict(batch_size=4), datalist="datalist.json"),
-    "apf_unetr_btcv_segmentation": dict(
-        dataset="btcv", synth=dict(cases=4), prepare=dict(), train=dict(num_samples=4), datalist="datalist.json"),
-    "apf_unetr_paip_segmentation": dict(
-        dataset="paip", synth=dict(cases=6, size=1024), prepare=dict(resolutions=[512]), train=dict(batch_size=2),
-        datalist="datalist_512.json"),
+#: per dataset: synth kwargs, prepare kwargs, training overrides, datalist file name
+CHECKS: dict[str, dict] = {
+    "vindr_cxr": {"synth": {"cases": 24}, "prepare": {"resolutions": [224]}, "train": {"batch_size": 4},
+                  "datalist": "datalist_224.json"},
+    "duke": {"synth": {"cases": 12}, "prepare": {}, "train": {"batch_size": 4}, "datalist": "datalist.json"},
+    "btcv": {"synth": {"cases": 4}, "prepare": {}, "train": {"num_samples": 4}, "datalist": "datalist.json"},
+    "paip": {"synth": {"cases": 6, "size": 1024}, "prepare": {"resolutions": [512]}, "train": {"batch_size": 2},
+             "datalist": "datalist_512.json"},
 }
+#: per bundle (the project's list, monai_ext.bundle.registry): dataset module and the settings above
+BUNDLES: dict[str, dict] = {name: {"dataset": ds, **CHECKS[ds]} for name, ds in BUNDLE_DATASETS.items()}
 
 
 WORK_MARKER = ".monai_ext_label_check"
@@ -301,7 +301,7 @@ def main() -> int:
             trained[name] = prepare_and_train(name, BUNDLES[name], work, log)
         app = work / "app"
         shutil.rmtree(app, ignore_errors=True)
-        cmd = [PY, "-m", "monai_ext.cli", "label-app", "--out", str(app)]
+        cmd = [PY, "-m", "monai_ext.cli", "label-app", "--out", str(app), "--bundles-dir", str(ROOT / "bundles")]
         for name in names:
             cmd += ["--bundle", name, "--ckpt", f"{name}={trained[name][1]}"]
         run(cmd, log)

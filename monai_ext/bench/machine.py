@@ -1,5 +1,8 @@
 """What machine a benchmark ran on: CPU, cores, memory, load, measured GEMM and copy throughput, versions.
 
+The environment facts come from :mod:`monai_ext.utils.env` (shared with evaluation provenance); this module
+adds the throughput measurements and the markdown block.
+
 Every benchmark section in ``docs/benchmarks.md`` starts with this block, so numbers from different
 machines (or from a machine that was busy) are never compared blindly.
 """
@@ -9,25 +12,25 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from monai_ext.utils.env import cpu_model, git_info, load_average, meminfo_bytes, module_versions, usable_cores
 
 __all__ = [
     "MachineInfo",
-    "cpu_model",
-    "meminfo_bytes",
-    "measure_gemm_gflops",
-    "measure_copy_gbps",
-    "machine_info",
-    "versions",
     "command_line",
+    "cpu_model",
+    "machine_info",
+    "measure_copy_gbps",
+    "measure_gemm_gflops",
+    "meminfo_bytes",
+    "versions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,43 +38,9 @@ logger = logging.getLogger(__name__)
 GIB = 1024**3
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def meminfo_bytes() -> dict[str, int]:
-    """``MemTotal``/``MemAvailable`` (and the other ``/proc/meminfo`` fields) in bytes; empty off Linux."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if parts and parts[0].isdigit():
-                    out[key.strip()] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
-    except OSError:
-        pass
-    return out
-
-
 def available_memory_bytes() -> int:
     """Memory a new allocation can get without swapping (``MemAvailable``); 8 GiB if unknown."""
     return meminfo_bytes().get("MemAvailable", 8 * GIB)
-
-
-def _load_average() -> Optional[tuple[float, float, float]]:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -111,33 +80,21 @@ def measure_copy_gbps(mib: int = 256, repeats: int = 5) -> float:
 
 def versions() -> dict[str, str]:
     """Versions of the software the numbers depend on (and the git commit of this checkout, if any)."""
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "monai", "numpy", "monai_ext"):
-        try:
-            out[mod] = str(__import__(mod).__version__)
-        except Exception:  # pragma: no cover - optional in odd environments
-            out[mod] = "not installed"
+    out = module_versions(("torch", "monai", "numpy", "monai_ext"))
     try:
         import torch
 
         out["torch threads"] = str(torch.get_num_threads())
         out["BLAS"] = "MKL" if torch.backends.mkl.is_available() else "other"
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        root = Path(__file__).resolve().parents[2]
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode == 0 and rev.stdout.strip():
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
-            out["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
+    except ImportError:  # pragma: no cover - reported as "not installed" above
+        logger.debug("torch not importable: no thread or BLAS information")
+    git = git_info()
+    if git.get("commit"):
+        out["git"] = git["commit"][:7] + ("+dirty" if git["dirty"] else "")
     return out
 
 
-def command_line(argv: Optional[Sequence[str]] = None) -> str:
+def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that is running, as a user would type it (``monai-ext ...`` when run through the CLI)."""
     argv = list(sys.argv if argv is None else argv)
     if argv and Path(argv[0]).name in ("monai-ext", "cli.py", "__main__.py"):
@@ -154,7 +111,7 @@ class MachineInfo:
     usable_cores: int
     memory_total_gib: float
     memory_available_gib: float
-    load_average: Optional[tuple[float, float, float]]
+    load_average: tuple[float, float, float] | None
     gemm_gflops: float
     gemm_size: int
     copy_gbps: float
@@ -164,14 +121,15 @@ class MachineInfo:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def markdown(self, command: Optional[str] = None, load_after: Optional[tuple[float, float, float]] = None) -> str:
+    def markdown(self, command: str | None = None, load_after: tuple[float, float, float] | None = None) -> str:
         """A short markdown list: machine, measured throughput, versions and the exact command."""
         la = "n/a" if self.load_average is None else ", ".join(f"{x:.2f}" for x in self.load_average)
         lines = [
-            f"- Machine: {self.cpu}; {self.usable_cores} usable of {self.logical_cores} logical cores; "
-            f"{self.memory_total_gib:.1f} GiB RAM ({self.memory_available_gib:.1f} GiB available at start)",
-            f"- Measured: fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s (`torch.matmul`, {self.gemm_size}x{self.gemm_size}, "
-            f"best of 5); memory copy {self.copy_gbps:.1f} GB/s (`Tensor.copy_`, 256 MiB, read+write)",
+            (f"- Machine: {self.cpu}; {self.usable_cores} usable of {self.logical_cores} logical cores; "
+             f"{self.memory_total_gib:.1f} GiB RAM ({self.memory_available_gib:.1f} GiB available at start)"),
+            (f"- Measured: fp32 GEMM {self.gemm_gflops:.1f} GFLOP/s (`torch.matmul`, "
+             f"{self.gemm_size}x{self.gemm_size}, best of 5); memory copy {self.copy_gbps:.1f} GB/s "
+             "(`Tensor.copy_`, 256 MiB, read+write)"),
             f"- Load average (1/5/15 min) at start: {la}"
             + ("" if load_after is None else "; at end: " + ", ".join(f"{x:.2f}" for x in load_after))
             + " (the machine is shared: a load above the core count means other jobs competed)",
@@ -183,7 +141,7 @@ class MachineInfo:
         return "\n".join(lines)
 
 
-def machine_info(gemm_size: int = 2048, measure: bool = True, threads: Optional[int] = None) -> MachineInfo:
+def machine_info(gemm_size: int = 2048, measure: bool = True, threads: int | None = None) -> MachineInfo:
     """Collect :class:`MachineInfo`; ``measure=False`` skips the GEMM/copy measurements (reported as 0).
     ``threads``: torch threads for the measurements (the benchmark workers' setting; default torch's)."""
     import torch
@@ -192,11 +150,8 @@ def machine_info(gemm_size: int = 2048, measure: bool = True, threads: Optional[
         torch.set_num_threads(int(threads))
 
     mem = meminfo_bytes()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
-    load = _load_average()
+    usable = usable_cores()
+    load = load_average()
     gemm = measure_gemm_gflops(gemm_size) if measure else 0.0
     copy = measure_copy_gbps() if measure else 0.0
     info = MachineInfo(

@@ -1,6 +1,7 @@
 """Provenance of an evaluation: code (git commit, dirty flag), package versions, SHA-256 of the resolved
 config, checkpoint and datalist, seeds, device and timing. Written to ``provenance.json``, apart from
-``metrics.json``, so the metrics file stays byte-identical between runs."""
+``metrics.json``, so the metrics file stays byte-identical between runs. The environment facts (git, versions,
+device) come from :mod:`monai_ext.utils.env`, shared with the benchmark reports, and are re-exported here."""
 
 from __future__ import annotations
 
@@ -9,22 +10,17 @@ import inspect
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from monai_ext.utils.env import PACKAGES, device_info, git_info, package_versions
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["sha256_file", "sha256_json", "canonical_json", "git_info", "package_versions", "device_info",
-           "find_bundle_config", "resolve_config", "file_record", "display_path", "data_origin_of", "command_line"]
-
-#: distributions whose versions are recorded (missing ones are skipped)
-PACKAGES = ("monai_ext", "monai", "torch", "numpy", "pytorch-ignite", "scipy", "scikit-image", "scikit-learn",
-            "matplotlib", "nibabel", "pydicom", "itk", "SimpleITK", "tifffile", "einops")
+__all__ = ["PACKAGES", "canonical_json", "command_line", "data_origin_of", "device_info", "display_path", "file_record",
+           "find_bundle_config", "git_info", "package_versions", "resolve_config", "sha256_file", "sha256_json"]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -104,62 +100,6 @@ def _relative_arg(arg: str, base: Path) -> str:
     if os.path.isabs(text) and Path(text).exists():
         return display_path(text, base)
     return arg
-
-
-def git_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Commit and dirty flag (tracked files changed) of the git work tree holding ``path`` (default: this
-    package's source), or ``{"commit": None}`` outside a checkout or without git."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    if where.is_file():
-        where = where.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
-
-    try:
-        top = git("rev-parse", "--show-toplevel")
-        commit = git("rev-parse", "HEAD")
-        changed = [ln for ln in git("status", "--porcelain", "--untracked-files=no").splitlines() if ln.strip()]
-        untracked = [ln for ln in git("status", "--porcelain", "--untracked-files=normal").splitlines()
-                     if ln.startswith("??")]
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"commit": None, "note": f"not a git checkout or git unavailable ({type(e).__name__})"}
-    return {"work_tree": top, "commit": commit, "dirty": bool(changed), "changed_files": len(changed),
-            "untracked_files": len(untracked)}
-
-
-def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info(device: Any = None) -> dict[str, Any]:
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    info: dict[str, Any] = {"device": str(dev), "platform": platform.platform(), "cpu": _cpu_name(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if dev.type == "cuda" and torch.cuda.is_available():
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        info.update(gpu=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
-    return info
 
 
 def find_bundle_config() -> tuple[dict[str, Any] | None, str]:
