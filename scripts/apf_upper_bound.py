@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_ext.transforms import plan_quadtree, upper_bound_dice
+from monai_ext.metrics import upper_bound_dice
+from monai_ext.transforms import plan_quadtree
 
 logger = logging.getLogger("apf_upper_bound")
 
@@ -82,7 +83,7 @@ def compare(
     patching with the same token count, both resized to ``patch_size``; labels patched with
     nearest (the training path) and with area (soft fractions), unpatched bilinear."""
     side = image.shape[-1]
-    uniform_size = side // int(round(tokens**0.5))
+    uniform_size = side // round(tokens**0.5)
     plans = {
         "apf": plan_quadtree(
             image, patch_size=patch_size, num_tokens=tokens, mode="fixed", min_size=min_size, blur_kernel=blur_kernel
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     image, mask = ihc_example()
     rows.append(("skimage ihc.png @ 512", compare(image, mask, args.tokens, args.patch_size, args.min_size)))
     lines = [
-        "| image | tokens | APF leaves | uniform leaf | APF Dice (nearest) | uniform Dice (nearest) "
-        "| APF Dice (area) | uniform Dice (area) |",
+        ("| image | tokens | APF leaves | uniform leaf | APF Dice (nearest) | uniform Dice (nearest) "
+         "| APF Dice (area) | uniform Dice (area) |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:

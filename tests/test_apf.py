@@ -1,4 +1,4 @@
-"""Tests of APF quadtree adaptive patching (monai_ext.transforms.apf).
+"""Tests of APF quadtree adaptive patching (monai_ext.transforms.apf, monai_ext.utils.zorder, monai_ext.metrics).
 
 References used: a plain recursive quadtree and a heap-based greedy fixed-length tree written
 here (the paper's definitions, one node at a time), explicit painting of leaf boxes, naive
@@ -16,23 +16,21 @@ import numpy as np
 import pytest
 import torch
 
+from monai_ext.metrics import upper_bound_dice
 from monai_ext.transforms import (
+    AdaptivePatch,
     AdaptivePatchd,
+    AdaptiveUnpatch,
     AdaptiveUnpatchd,
     compute_edge_map,
     extract_patches,
-    grid_to_tokens,
-    morton_encode,
     plan_quadtree,
     quadtree_patch,
     quadtree_unpatch,
     to_uint8_gray,
-    tokens_to_grid,
-    upper_bound_dice,
-    zorder_grid,
-    zorder_to_raster,
 )
-from monai_ext.transforms import apf as apf_module
+from monai_ext.transforms.apf import utils as apf_utils
+from monai_ext.utils.zorder import grid_to_tokens, morton_encode, tokens_to_grid, zorder_grid, zorder_to_raster
 
 REPO = Path(__file__).resolve().parents[1]
 SVS = REPO / "tests" / "data" / "cmu_small_region.svs"  # committed copy (CC0, see its README)
@@ -211,7 +209,7 @@ def test_fixed_mode_stops_when_nothing_can_split():
 def test_all_edge_map_equals_uniform(mode):
     rng = np.random.default_rng(0)
     img = rng.random((3, 64, 64)).astype(np.float32)
-    kw = dict(patch_size=4, num_tokens=(64 // 8) ** 2, min_size=8)
+    kw = {"patch_size": 4, "num_tokens": (64 // 8) ** 2, "min_size": 8}
     uni, meta_u = quadtree_patch(img, mode="uniform", **kw)
     apf, meta_a = quadtree_patch(img, mode=mode, edges=np.ones((64, 64), bool), **kw)
     np.testing.assert_array_equal(meta_a["leaves"], meta_u["leaves"])
@@ -257,7 +255,7 @@ def test_tiling_on_random_and_real_images(ihc):
     rng = np.random.default_rng(3)
     rand = (rng.random((3, 128, 128)) > 0.97).astype(np.uint8) * 255
     for img in (rand, ihc):
-        for kw in (dict(mode="fixed", num_tokens=400), dict(mode="threshold", split_value=20, layout="patches")):
+        for kw in ({"mode": "fixed", "num_tokens": 400}, {"mode": "threshold", "split_value": 20, "layout": "patches"}):
             meta = plan_quadtree(img, patch_size=4, **kw)
             assert meta["num_leaves"] > 1
             assert_tiles_in_zorder(meta)
@@ -292,7 +290,7 @@ def test_tiling_non_square_image_is_padded_and_cropped():
 def test_roundtrip_exact_at_minimum_size(shape):
     rng = np.random.default_rng(5)
     img = rng.random(shape).astype(np.float32)
-    side = apf_module._next_pow2(max(shape[1:]))
+    side = apf_utils.next_pow2(max(shape[1:]))
     grid, meta = quadtree_patch(img, patch_size=4, mode="fixed", num_tokens=(side // 4) ** 2, edges=np.ones(shape[1:], bool))
     leaves = meta["leaves"][meta["mask"]]
     inside = (leaves[:, 0] < shape[1]) & (leaves[:, 1] < shape[2])
@@ -388,7 +386,6 @@ def test_edge_map_backends_and_gray():
 def test_dict_transforms_collate_decollate_roundtrip(ihc):
     from monai.data import MetaTensor, decollate_batch, list_data_collate
 
-    rng = np.random.default_rng(8)
     samples = []
     for img in (ihc[:, :256, :256], ihc[:, 256:, 256:]):
         lab = (img[2:3] > 150).astype(np.uint8)
@@ -516,11 +513,11 @@ def test_pure_numpy_fallbacks_match_opencv_paths(ihc, monkeypatch):
     edges = compute_edge_map(ihc)
     img = ihc.astype(np.float32) / 255.0
     lab = (ihc[:1] > 128).astype(np.uint8)
-    kw = dict(patch_size=4, num_tokens=400, edges=edges)
+    kw = {"patch_size": 4, "num_tokens": 400, "edges": edges}
     with_cv = quadtree_patch(img, **kw)
     gray_cv = to_uint8_gray(ihc)
     lab_cv = extract_patches(lab, with_cv[1], "nearest")
-    monkeypatch.setattr(apf_module, "HAS_CV2", False)
+    monkeypatch.setattr(apf_utils, "HAS_CV2", False)
     without = quadtree_patch(img, **kw)
     np.testing.assert_array_equal(without[1]["leaves"], with_cv[1]["leaves"])
     np.testing.assert_allclose(without[0], with_cv[0], rtol=1e-5, atol=1e-6)
@@ -539,3 +536,46 @@ def test_unpatch_rejects_batched_metadata():
     batch = list_data_collate([{"m": meta}, {"m": meta}])
     with pytest.raises(ValueError, match="decollate|batched"):
         quadtree_unpatch(grid, batch["m"])
+
+
+# ----------------------------------------------------------------------------- array transforms
+def test_array_transforms_match_dictionary_ones_and_block_means(ihc):
+    """``AdaptivePatch``: one plan, image (area) and label (nearest) patched with it, non-square image padded
+    with ``pad_value``; checked against naive block means and the dictionary transforms."""
+    img = ihc[:, :200, :256]
+    lab = (img[2:3] > 150).astype(np.uint8)
+    patch = AdaptivePatch(patch_size=4, num_tokens=400, pad_value=255)
+    meta = patch.plan(img)
+    grid = patch(img, meta)
+    assert grid.shape == (3, 80, 80) and grid.dtype == np.float32
+    padded = np.full((3, 256, 256), 255.0)
+    padded[:, :200, :256] = img
+    tokens = grid_to_tokens(grid, 4)
+    for i in np.nonzero(meta["mask"])[0][::23]:
+        y, x, s = meta["leaves"][i]
+        block_mean = padded[:, y : y + s, x : x + s].reshape(3, 4, s // 4, 4, s // 4).mean(axis=(2, 4))
+        np.testing.assert_allclose(tokens[i], block_mean, atol=0.5)  # OpenCV rounds uint8 area means
+    lab_grid = patch(lab, meta, interpolation="nearest", pad_value=0)
+    assert lab_grid.dtype == np.uint8
+    d = AdaptivePatchd(("image", "label"), patch_size=4, num_tokens=400, interpolation=("area", "nearest"),
+                       pad_value=(255, 0))({"image": img, "label": lab})
+    np.testing.assert_array_equal(d["image"], grid)
+    np.testing.assert_array_equal(d["label"], lab_grid)
+    np.testing.assert_array_equal(patch(img), grid)  # no tree given: planned from the image
+    logits = np.stack([1 - lab_grid[0], lab_grid[0]]).astype(np.float32)
+    unpatch = AdaptiveUnpatch(argmax=True)
+    back = unpatch(logits, meta)
+    assert back.shape == (1, 200, 256)
+    np.testing.assert_array_equal(back, AdaptiveUnpatchd("p", argmax=True)({"p": logits, "image_apf": meta})["p"])
+    small = meta["leaves"][meta["mask"] & (meta["leaves"][:, 2] == 4)]
+    for y, x, s in small[:40]:  # minimum-size leaves inside the image come back exactly
+        if y + s <= 200:
+            np.testing.assert_array_equal(back[0, y : y + s, x : x + s], lab[0, y : y + s, x : x + s])
+    np.testing.assert_array_equal(unpatch(logits, meta, mode="nearest", argmax=False),
+                                  quadtree_unpatch(logits, meta, mode="nearest"))
+    with pytest.raises(ValueError, match="interpolation"):
+        AdaptivePatch(patch_size=4, num_tokens=16, interpolation="bilinear")
+    with pytest.raises(ValueError, match="perfect square"):
+        AdaptivePatch(patch_size=4, num_tokens=50)
+    with pytest.raises(ValueError, match="layout"):
+        AdaptiveUnpatch(layout="tokens")

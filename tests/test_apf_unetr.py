@@ -1,6 +1,10 @@
-"""APF-UNETR on APF pseudo-images: shapes, padding mask in leaf order."""
+"""APF-UNETR on APF pseudo-images: shapes, padding mask in leaf order, weight transfer; the networks' imports
+point one way (no transforms, data, workflows, ...)."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import torch
 from monai_ext.networks import APFUNETR
 from monai_ext.transforms import quadtree_patch, quadtree_unpatch
 
-TINY = dict(feature_size=4, hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2)
+TINY = {"feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 4, "num_layers": 2}
 
 
 def _image_with_detail(size=64, seed=0):
@@ -66,3 +70,73 @@ def test_apf_unetr_scripts():
     mask[0, -3:] = False
     ts = torch.jit.script(net)
     torch.testing.assert_close(ts(x, mask), net(x, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_transfer_weights_into_wrapped_apf_unetr():
+    """Fine-tuning a softmax APF-UNETR into a softmax-free one inside ``DataParallel`` (as trained with DP / DDP):
+    every shared tensor is copied, only the sequence-normalization parameters are new."""
+    from monai_ext.utils.checkpoint import transfer_weights
+
+    torch.manual_seed(0)
+    src = APFUNETR(1, 2, num_tokens=36, patch_size=4, attention="softmax", **TINY)
+    dst = torch.nn.DataParallel(APFUNETR(1, 2, num_tokens=36, patch_size=4, attention="softmax_free", **TINY))
+    report = transfer_weights(dst, src.state_dict())
+    new = dst.module.state_dict()
+    assert report.copied and not report.unused and not report.mismatched
+    assert set(report.copied) == set(src.state_dict()) and set(report.new) == set(new) - set(src.state_dict())
+    assert report.new and all(".attn." in k and k.endswith(("_gamma", "_beta")) for k in report.new), report.new
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(new[k], v, rtol=0, atol=0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+#: what may import what inside monai_ext (by top-level subpackage): networks and utils sit at the bottom
+FORBIDDEN = {
+    "monai_ext.networks": ("transforms", "data", "workflows", "reports", "inferers", "metrics", "bench", "cli",
+                           "bundle_tools", "demo"),
+    "monai_ext.utils": ("networks", "transforms", "data", "workflows", "reports", "inferers", "metrics", "bench",
+                        "cli", "bundle_tools", "demo"),
+}
+
+
+def _imports_of(path: Path, module: str) -> set[str]:
+    """monai_ext modules imported anywhere in ``path`` (also inside functions), with their parent packages."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {m for m in found if m.startswith("monai_ext")}
+
+
+def test_networks_and_utils_import_nothing_above_them():
+    """Import graph of monai_ext by AST (every import, also lazy ones inside functions), closed transitively:
+    monai_ext.networks reaches no transforms / data / workflows / reports / ..., monai_ext.utils nothing of
+    monai_ext above it. (Stricter than ``sys.modules`` after ``import monai_ext.networks``, which misses lazy
+    imports and costs a fresh interpreter loading torch.)"""
+    modules = {}
+    for path in (REPO / "monai_ext").rglob("*.py"):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {m: {i for i in _imports_of(p, m) if i in modules} for m, p in modules.items()}
+    for root, banned in FORBIDDEN.items():
+        for start in (m for m in modules if m == root or m.startswith(root + ".")):
+            seen, todo = set(), [start]
+            while todo:
+                m = todo.pop()
+                if m not in seen:
+                    seen.add(m)
+                    todo.extend(graph[m])
+            bad = sorted(m for m in seen if m.count(".") and m.split(".")[1] in banned)
+            assert not bad, f"{start} imports (directly or through others) {bad}"

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..transforms.apf import zorder_grid
+from ..utils.zorder import zorder_grid
 from .unetr import UNETR
 
 __all__ = ["APFUNETR"]

@@ -1,9 +1,17 @@
-"""Dictionary and array transforms of monai_ext (APF quadtree adaptive patching, ...)."""
+"""Transforms of monai_ext: APF quadtree adaptive patching / unpatching as array transforms
+(``AdaptivePatch``, ``AdaptiveUnpatch``), dictionary transforms (``AdaptivePatchd``, ``AdaptiveUnpatchd``)
+and functions (:mod:`monai_ext.transforms.apf`)."""
 
 from .apf import (
     APF_MODES,
+    AdaptivePatch,
+    AdaptivePatchD,
     AdaptivePatchd,
+    AdaptivePatchDict,
+    AdaptiveUnpatch,
+    AdaptiveUnpatchD,
     AdaptiveUnpatchd,
+    AdaptiveUnpatchDict,
     compute_edge_map,
     extract_patches,
     grid_to_tokens,
@@ -13,14 +21,19 @@ from .apf import (
     quadtree_unpatch,
     to_uint8_gray,
     tokens_to_grid,
-    upper_bound_dice,
     zorder_grid,
     zorder_to_raster,
 )
 
 __all__ = [
     "APF_MODES",
+    "AdaptivePatch",
+    "AdaptivePatchD",
+    "AdaptivePatchDict",
     "AdaptivePatchd",
+    "AdaptiveUnpatch",
+    "AdaptiveUnpatchD",
+    "AdaptiveUnpatchDict",
     "AdaptiveUnpatchd",
     "compute_edge_map",
     "extract_patches",
@@ -31,7 +44,6 @@ __all__ = [
     "quadtree_unpatch",
     "to_uint8_gray",
     "tokens_to_grid",
-    "upper_bound_dice",
     "zorder_grid",
     "zorder_to_raster",
 ]

@@ -226,6 +226,8 @@ def transfer_weights(model: nn.Module, checkpoint: Mapping[str, torch.Tensor] | 
     The softmax-free paper's fine-tuning (Sec. 3.4): a checkpoint of a softmax ViT loaded into a
     softmax-free ViT copies every shared weight (embedding, qkv/out projections, MLPs, norms, head)
     and leaves the sequence-normalization ``gamma``/``beta`` at their initialization (1 / 0).
+    The copy is MONAI's ``copy_model_state`` (same name and shape); this function adds the weights-only
+    reading, the shape check and the :class:`TransferReport`. A ``DataParallel`` / DDP ``model`` is unwrapped.
 
     Args:
         model: target network.
@@ -237,23 +239,19 @@ def transfer_weights(model: nn.Module, checkpoint: Mapping[str, torch.Tensor] | 
     where = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
     obj = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     src = state_dict_of(obj, where)
-    target = model.state_dict()
-    report = TransferReport()
-    update: dict[str, torch.Tensor] = {}
-    for name, tensor in target.items():
-        if name not in src:
-            report.new.append(name)
-        elif src[name].shape != tensor.shape:
-            if strict_shapes:
-                raise CheckpointMismatchError(
-                    f"{where}: checkpoint tensor {name!r} has shape {tuple(src[name].shape)}, the network "
-                    f"expects {tuple(tensor.shape)}")
-            report.mismatched.append(name)
-        else:
-            update[name] = src[name]
-            report.copied.append(name)
-    report.unused = sorted(set(src) - set(target))
-    model.load_state_dict(update, strict=False)
+    net = unwrap(model)
+    target = net.state_dict()
+    mismatched = [name for name, tensor in target.items() if name in src and src[name].shape != tensor.shape]
+    if mismatched and strict_shapes:
+        name = mismatched[0]
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint tensor {name!r} has shape {tuple(src[name].shape)}, the network "
+            f"expects {tuple(target[name].shape)}")
+    _, updated, _ = copy_model_state(net, src, inplace=True)
+    copied = set(updated)
+    report = TransferReport(copied=[name for name in target if name in copied],
+                            new=[name for name in target if name not in src],
+                            unused=sorted(set(src) - set(target)), mismatched=mismatched)
     logger.info("transfer_weights: %s", report.summary())
     return report
 
