@@ -1,16 +1,9 @@
-"""Shared pieces of dataset preparation: datalists, skip reports, grouped splits, progress.
+"""Shared pieces of dataset preparation: datalists, skip reports, grouped splits, content and split checks, the
+synthetic-data marker.
 
-Every dataset module (``duke``, ``vindr_cxr``, ``btcv``, ``paip``) provides
-
-- ``synthesize(out: Path, cases: int, seed: int) -> None``: write a synthetic dataset in the
-  real on-disk layout;
-- ``add_prepare_args(parser)``: its dataset-specific ``prepare`` options;
-- ``prepare(raw: Path, out: Path, overwrite: bool, **options) -> dict``: read the real layout,
-  write prepared files plus ``datalist.json`` (``training`` / ``validation`` / ``test``) and
-  ``skipped.json`` into ``out``; returns the datalist.
-
-Preparation is idempotent: a case whose outputs exist is not recomputed unless ``overwrite``.
-A case that cannot be read is skipped with its reason (file named), logged, and listed in
+What every dataset provides (``prepare``, ``synthesize``, their options, the required splits) is the interface in
+:mod:`monai_ext.data.dataset`. Preparation is idempotent: a case whose outputs exist is not recomputed unless
+``overwrite``. A case that cannot be read is skipped with its reason (file named), logged, and listed in
 ``skipped.json``: nothing is dropped silently.
 """
 
