@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from monai_ext.data import btcv
+from monai_ext.data.synthetic import btcv as synth_btcv
 from monai_ext.transforms import grid_to_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("btcv_label_raw")
-    btcv.synthesize(root, cases=1, seed=5)  # one labelled 64 x 64 x 24 volume stored LPS (as DICOM converts)
+    synth_btcv.synthesize(root, cases=1, seed=5)  # one labelled 64 x 64 x 24 volume stored LPS (as DICOM converts)
     return root
 
 
