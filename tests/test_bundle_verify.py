@@ -242,6 +242,15 @@ def test_cli_verify_reports_bad_input(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_verify_says_when_onnx_is_not_installed(monkeypatch):
+    """From a plain wheel install (no ``test`` extra) the ONNX check names what is missing and ``--no-onnx``,
+    before any other work, instead of a traceback halfway through."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails, as when not installed
+    with pytest.raises(bt.BundleError, match=r"the ONNX check needs onnxruntime, not installed in this environment: "
+                                             r"pip install onnxruntime .*--no-onnx"):
+        bt.verify_bundle(BUNDLES_DIR / BUNDLES[0])
+
+
 # ---------------------------------------------------------------------------------- package, label app
 def _write_png(path: Path, seed: int) -> None:
     from PIL import Image

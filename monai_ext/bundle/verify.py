@@ -16,6 +16,7 @@ MONAI's ``convert_to_onnx`` with ``(x, mask)`` inputs, and both are compared wit
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -326,6 +327,17 @@ def export_onnx(bundle: str | Path, ckpt: str | Path, filepath: str | Path,
     return diffs
 
 
+def _missing_modules(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that do not import (optional dependencies)."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def verify_bundle(bundle: str | Path, ckpt: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                   schema: str | Path | None = None, onnx: bool = True, workdir: str | Path | None = None,
                   bundles_dir: str | Path | None = None) -> dict:
@@ -334,6 +346,11 @@ def verify_bundle(bundle: str | Path, ckpt: str | Path | None = None, overrides:
     change the network, else freshly initialized weights. ``bundle``: a folder, or a name in ``bundles_dir``
     (default ``./bundles``)."""
     root = resolve_bundle(bundle, bundles_dir)
+    missing = _missing_modules(("onnx", "onnxruntime")) if onnx else []
+    if missing:
+        raise BundleError(f"the ONNX check needs {' and '.join(missing)}, not installed in this environment: "
+                          f"pip install {' '.join(missing)} (both are in monai_ext's `test` extra), or skip the "
+                          f"ONNX check with --no-onnx")
     result: dict[str, Any] = {"bundle": root.name}
     check_metadata(root, schema)
     result["metadata"] = "ok"
