@@ -574,11 +574,15 @@ def _section(s: AttentionBenchSettings, rows, core_rows, profile_rows, profile_s
         pct = lambda v: fmt_num(v, 2) + ("%" if isinstance(v, float) and v == v else "")  # noqa: E731
         out.append(md_table(core_rows, ccols, {"core_s": ms, "module_s": ms, "note": lambda v: v or "",
                                                "core_pct_gemm": pct, "module_pct_gemm": pct}))
-    if profile_rows:
-        out += ["", f"### Where a softmax_free training step spends its time ({shape_name(profile_shape)}, "
-                f"{s.tokens(profile_shape)} tokens; `torch.profiler`, top ops by self CPU time)", ""]
-        out.append(md_table(profile_rows, [("op", "op"), ("calls", "calls"), ("self_cpu_s", "self CPU s"),
-                                           ("self_cpu_pct", "% of step")],
+    for model in ("softmax_free", "floor"):
+        prof = [r for r in profile_rows if r["model"] == model]
+        if not prof:
+            continue
+        out += ["", f"### Where a {VARIANTS[model].label.replace('ours: ', '')} training step spends its time "
+                f"({shape_name(profile_shape)}, {s.tokens(profile_shape)} tokens; `torch.profiler`, top ops by "
+                f"self CPU time)", ""]
+        out.append(md_table(prof, [("op", "op"), ("calls", "calls"), ("self_cpu_s", "self CPU s"),
+                                   ("self_cpu_pct", "% of step")],
                             {"self_cpu_pct": lambda v: f"{v:.1f}%", "op": lambda v: f"`{v}`"}))
     out += files_markdown(files, md_dir)
     return "\n".join(out) + "\n"
@@ -607,7 +611,9 @@ def run_attention_bench(s: AttentionBenchSettings, out_md: Path, machine: Machin
         ok = [r["tokens"] for r in rows if r["model"] == "softmax_free" and r["status"] == "ok"]
         if ok:
             profile_shape = next(sh for sh in reversed(s.shapes) if s.tokens(sh) == max(ok))
-            profile_rows = profile_pass(s, profile_shape)
+            profile_rows = [dict(r, model="softmax_free") for r in profile_pass(s, profile_shape)]
+            if "floor" in s.models:  # the same step with plain linear attention, for comparison
+                profile_rows += [dict(r, model="floor") for r in profile_pass(s, profile_shape, "floor")]
     load_after = _load()
     adir = artifact_dir(out_md)
     files: dict[str, Path] = {"attention.csv": write_csv(adir / "attention.csv", rows)}
