@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from bundle_utils import BUNDLES, ENV, bundle_cmd, run_bundle, torchrun_bundle
 from resume_utils import assert_same_run_state, assert_same_state
-import torch
 
 from monai_ext.data import duke, vindr_cxr
 from monai_ext.utils.checkpoint import load_checkpoint
@@ -162,8 +162,9 @@ def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
     assert f"Epoch[{resumed_from}] Metrics -- train_loss" not in log  # one line per epoch, not per iteration
     assert f"Epoch[{resumed_from + 1}] Metrics -- train_loss" in log and "Iter:" not in log
 
-    ref = tmp_path / "uninterrupted"
-    run_bundle(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, **_io(ref, vindr_data))
+    ref = tmp_path / "uninterrupted"  # --verbose: a line per iteration; logging is not part of the run
+    out = run_bundle(VINDR, ["train.yaml"], "training", epochs=6, image_size=64, verbose=True, **_io(ref, vindr_data))
+    assert "Epoch: 6/6, Iter: 1/" in out.stdout + out.stderr
     assert_same_run_state(models / "checkpoint_epoch=6.pt", ref / "models" / "checkpoint_epoch=6.pt")
     assert_same_state(torch.load(models / "model.pt", weights_only=True),
                       torch.load(ref / "models" / "model.pt", weights_only=True), "model.pt")
