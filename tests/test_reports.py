@@ -17,9 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ext.reports import (CheckpointMismatchError, EvaluationReport, check_checkpoint, classification_summary,
-                               compare_table, read_cases_csv, write_report)
 from monai_ext.reports import stats
+from monai_ext.reports.checkpoint import CheckpointMismatchError, check_checkpoint
+from monai_ext.reports.compare import compare_table
+from monai_ext.reports.handler import EvaluationReport
+from monai_ext.reports.metric_handlers import SpacedHausdorffDistance
+from monai_ext.reports.overlays import SegmentationOverlays
+from monai_ext.reports.summary import classification_summary
+from monai_ext.reports.writer import read_cases_csv, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 VINDR = ROOT / "bundles" / "vindr_cxr_cardiomegaly_classification"
@@ -34,7 +39,8 @@ def _binary_records(n: int, seed: int, ties: bool = False, prefix: str = "c") ->
     s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.2 * (2 * y - 1))))
     if ties:
         s = np.round(s, 1)
-    return [{"case_id": f"{prefix}{i:04d}", "label": int(a), "probability": float(b)} for i, (a, b) in enumerate(zip(y, s))]
+    return [{"case_id": f"{prefix}{i:04d}", "label": int(a), "probability": float(b)}
+            for i, (a, b) in enumerate(zip(y, s))]
 
 
 # ----------------------------------------------------------------------------------------------- classification
@@ -124,16 +130,23 @@ def test_stats_edge_cases_and_input_errors():
 
 
 def test_calibration_against_naive_binning():
+    """Bins [0, 0.1], (0.1, 0.2], ... (scikit-learn's ``calibration_curve``): a probability on an edge falls into
+    the lower bin; counts, ECE and Brier score against a plain loop."""
     recs = _binary_records(200, 5)
-    y = np.array([r["label"] for r in recs])
-    s = np.array([r["probability"] for r in recs])
+    y = np.array([r["label"] for r in recs] + [1, 0, 1, 0])
+    s = np.array([r["probability"] for r in recs] + [0.5, 0.5, 0.3, 0.0])  # on bin edges
     cal = stats.calibration_bins(s, y, 10)
     ece = 0.0
     for b in range(10):
         lo, hi = b / 10, (b + 1) / 10
-        sel = (s >= lo) & ((s < hi) if b < 9 else (s <= hi))
+        sel = ((s > lo) | (b == 0)) & (s <= hi)
+        assert cal["count"][b] == sel.sum()
         if sel.any():
             ece += sel.sum() / s.size * abs(y[sel].mean() - s[sel].mean())
+            assert cal["fraction_positive"][b] == pytest.approx(y[sel].mean())
+            assert cal["mean_predicted"][b] == pytest.approx(s[sel].mean())
+        else:
+            assert np.isnan(cal["fraction_positive"][b]) and np.isnan(cal["mean_predicted"][b])
     assert cal["ece"] == pytest.approx(ece)
     assert cal["brier"] == pytest.approx(np.mean((s - y) ** 2))
 
@@ -252,28 +265,41 @@ def _seg_data(n: int, shape: tuple[int, ...], seed: int) -> list[dict]:
     return out
 
 
-def _seg_evaluate(tmp: Path, shape: tuple[int, ...], apf: dict | None, **kw):
+def _seg_evaluate(tmp: Path, shape: tuple[int, ...], apf: dict | None, spacing: str | None = "affine",
+                  saver: bool = False, **kw):
+    """The evaluate.yaml shape: MONAI's MeanDice and the spaced HD95 with save_details (each computed once),
+    optionally MONAI's MetricsSaver, the overlays and the report reading the details."""
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedEvaluator
+    from monai.handlers import MeanDice, MetricsSaver, from_engine
     from monai.transforms import AsDiscreted, Compose
 
     data = _seg_data(5, shape, 0)
     report = EvaluationReport(tmp, task="segmentation", class_names=["background", "a", "b", "c"], apf=apf,
                               n_bootstrap=200, config={"test": True}, name="synthetic_seg", **kw)
+    handlers = [SegmentationOverlays(apf=apf), report]
+    if saver:
+        handlers.insert(0, MetricsSaver(str(tmp), metrics="*", metric_details="*",
+                                        batch_transform=lambda x: [xx["image"].meta for xx in x]))
     post = Compose([AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[K, K])])
-    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(data), batch_size=2),
-                                    network=_Rounder(), postprocessing=post, val_handlers=[report])
+    pl = from_engine(["pred", "label"])
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=DataLoader(Dataset(data), batch_size=2), network=_Rounder(), postprocessing=post,
+        key_val_metric={"mean_dice": MeanDice(include_background=False, output_transform=pl)},
+        additional_metrics={"hd95": SpacedHausdorffDistance(spacing=spacing, percentile=95, output_transform=pl)},
+        val_handlers=handlers)
     evaluator.run()
     return report, data
 
 
 @pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class")
-@pytest.mark.parametrize("shape,apf", [((14, 14, 5), None), ((32, 32), {"patch_size": 4, "num_tokens": 16, "mode": "fixed"})])
+@pytest.mark.parametrize("shape,apf", [((14, 14, 5), None),
+                                       ((32, 32), {"patch_size": 4, "num_tokens": 16, "mode": "fixed"})])
 def test_segmentation_dice_and_hd95_match_monai(tmp_path, shape, apf):
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from monai.networks.utils import one_hot
 
-    report, data = _seg_evaluate(tmp_path, shape, apf, hd95_spacing="affine")
+    report, data = _seg_evaluate(tmp_path, shape, apf)
     recs, names = read_cases_csv(tmp_path / "per_case.csv", "segmentation")
     assert names == ["a", "b", "c"] and [r["case_id"] for r in recs] == [f"case{i:02d}" for i in range(5)]
     net = _Rounder()
@@ -315,6 +341,54 @@ def test_segmentation_dice_and_hd95_match_monai(tmp_path, shape, apf):
     assert prov["config"]["sha256"] == hashlib.sha256(b'{"test":true}').hexdigest()
 
 
+@pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class")
+def test_hd95_one_unit_in_metrics_saver_and_report(tmp_path):
+    """HD95 in one unit everywhere: MONAI's MetricsSaver (hd95_raw.csv, metrics.csv) and the report (per_case.csv,
+    metrics.json) hold the same per-case numbers -- the report reads the evaluator's metric details -- equal to
+    MONAI's metric with the affine's spacing (mm); with spacing=None both are in voxels. (Before, the BTCV
+    hd95_raw.csv was in voxels and metrics.json in mm.)"""
+    import csv
+
+    from monai.metrics import HausdorffDistanceMetric
+    from monai.networks.utils import one_hot
+
+    for shape, spacing, unit in (((14, 14, 5), "affine", "mm"), ((32, 32), None, "voxel")):
+        out = tmp_path / unit
+        _, data = _seg_evaluate(out, shape, None, spacing=spacing, saver=True)
+        with open(out / "hd95_raw.csv", newline="") as f:
+            raw = {Path(r["filename"]).name.replace(".nii.gz", ""): r for r in csv.DictReader(f)}
+        recs, _ = read_cases_csv(out / "per_case.csv", "segmentation")
+        assert sorted(raw) == [r["case_id"] for r in recs]
+        ref = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
+        mm = {"spacing": [0.8, 0.8, 2.5]} if spacing else {}
+        for rec, item in zip(recs, data):
+            pred = torch.argmax(_Rounder()(item["image"].as_tensor()[None]), dim=1)
+            want = ref(one_hot(pred[:, None], K), one_hot(item["label"].as_tensor()[None].long(), K), **mm)[0].numpy()
+            np.testing.assert_allclose(rec["hd95"], want, atol=1e-5, equal_nan=True)
+            got_raw = [float(raw[rec["case_id"]][f"class{c}"]) for c in range(K - 1)]
+            np.testing.assert_allclose(got_raw, want, atol=1e-5, equal_nan=True)
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["hd95"]["unit"] == unit
+        saved = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+        assert float(saved["hd95"]) == pytest.approx(m["hd95"]["mean"]["value"], abs=1e-5)
+        assert float(saved["mean_dice"]) == pytest.approx(m["dice"]["mean"]["value"], abs=1e-5)
+
+
+def test_report_reads_metric_details_and_says_which_are_missing(tmp_path):
+    """The report computes no metric: without the evaluator's MeanDice details it stops with what to add."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import AsDiscreted
+
+    post = AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[K, K])
+    report = EvaluationReport(tmp_path, task="segmentation", class_names=["background", "a", "b", "c"])
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(_seg_data(2, (16, 16), 1))),
+                                    network=_Rounder(), postprocessing=post, val_handlers=[report])
+    with pytest.raises(KeyError, match="add a MeanDice metric named 'mean_dice' with save_details=True"):
+        evaluator.run()
+    assert not (tmp_path / "metrics.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------- HTML in Chromium
 def _chromium(args: list[str], tmp: Path, timeout: int = 120) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -329,7 +403,8 @@ _CHECK_SCRIPT = ('<script>window.addEventListener("load",function(){var i=Array.
                  'document.body.appendChild(d);});</script></body>')
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install -y chromium); CI installs it")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="Chromium not installed (Debian: apt-get install -y chromium); CI installs it")
 def test_html_report_renders_with_figures_in_chromium(tmp_path):
     from PIL import Image
 
@@ -397,7 +472,8 @@ def test_cli_build_and_compare(tmp_path, capsys):
     assert main(["report", "compare", *map(str, folders + seg), "--out", str(table_md)]) == 0
     text = table_md.read_text()
     header = next(ln for ln in text.splitlines() if ln.startswith("| Dataset | ViT"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["Dataset", "ViT (softmax)", "SimA", "softmax-free (ours)"]
+    want = ["Dataset", "ViT (softmax)", "SimA", "softmax-free (ours)"]
+    assert [c.strip() for c in header.strip("|").split("|")] == want
     row = next(ln for ln in text.splitlines() if ln.startswith("| vindr (224 px)"))
     for d in folders:
         a = json.loads((d / "metrics.json").read_text())["auroc"]
@@ -429,6 +505,8 @@ def test_bad_input_errors(tmp_path):
     check_checkpoint(ckpt, torch.nn.parallel.DataParallel(net64))  # fits (wrapped networks are unwrapped)
     with pytest.raises(FileNotFoundError, match="nowhere.pt not found"):
         check_checkpoint(tmp_path / "nowhere.pt", net64)
+    with pytest.raises(TypeError, match=r"no longer takes \['hd95_spacing'\].*SpacedHausdorffDistance"):
+        EvaluationReport(tmp_path / "out", task="segmentation", hd95_spacing="affine")  # the former handler's option
 
     empty = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset([]), batch_size=1), network=net64)
     with pytest.raises(ValueError, match=r"evaluation split is empty \(dl\.json, split 'test'\)"):
@@ -500,8 +578,8 @@ def test_bundle_evaluation_twice_byte_identical_and_ddp(vindr_eval):
     recs, _ = read_cases_csv(a / "per_case.csv", "classification")
     n_test = len(json.loads((io["dataset_dir"] / "datalist_64.json").read_text())["test"])
     assert m["n_cases"] == len(recs) == n_test
-    assert m["auroc"]["value"] == pytest.approx(roc_auc_score([r["label"] for r in recs], [r["probability"] for r in recs]),
-                                                abs=1e-5)
+    want_auc = roc_auc_score([r["label"] for r in recs], [r["probability"] for r in recs])
+    assert m["auroc"]["value"] == pytest.approx(want_auc, abs=1e-5)
     monai_auroc = float((a / "metrics.csv").read_text().split(",")[1])  # MONAI's ROCAUC handler
     assert m["auroc"]["value"] == pytest.approx(monai_auroc, abs=1e-5)
     if n_test >= 10:

@@ -1,11 +1,18 @@
 """Reproducible evaluation reports.
 
-:class:`EvaluationReport` is a MONAI / Ignite handler for a bundle's ``evaluate.yaml``: it collects
-per-case predictions during the evaluator run and writes ``metrics.json`` (deterministic: seeded
-bootstrap CIs, rounded floats, sorted keys), ``per_case.csv``, figures, ``report.md``, a
-self-contained ``report.html`` and ``provenance.json``. :func:`write_report` does the same from
-per-case records (``monai-ext report build``); :func:`compare_table` puts several evaluation folders
-in one table (``monai-ext report compare``). See ``docs/reports.md``.
+:class:`EvaluationReport` is a MONAI / Ignite handler for a bundle's ``evaluate.yaml``: it reads the per-case
+metric details the evaluator computed (segmentation) or each case's prediction (classification) and writes
+``metrics.json`` (deterministic: seeded bootstrap CIs, rounded floats, sorted keys), ``per_case.csv``, figures,
+``report.md``, a self-contained ``report.html`` and ``provenance.json``. :class:`SpacedHausdorffDistance`
+(HD95 in mm) and :class:`SegmentationOverlays` are the handlers it reads from; :func:`check_checkpoint` runs
+before the evaluation. :func:`write_report` writes the folder from per-case records (``monai-ext report
+build``); :func:`compare_table` puts several evaluation folders in one table (``monai-ext report compare``).
+See ``docs/reports.md``.
+
+Modules: ``handler`` (the report handler), ``cases`` (per-case records), ``threshold`` (second operating point),
+``distributed`` (gathering records across ranks), ``overlays``, ``metric_handlers``, ``checkpoint``,
+``run_record`` / ``provenance`` (``provenance.json``), ``stats`` / ``summary`` (the numbers), ``writer`` /
+``render`` / ``figures`` (the files), ``compare`` / ``cli`` (``monai-ext report``).
 
 Names are imported lazily, so ``monai-ext`` (which imports :mod:`monai_ext.reports.cli`) does not load
 torch / MONAI / matplotlib until a report command runs.
@@ -18,9 +25,11 @@ from typing import Any
 
 _EXPORTS = {
     "EvaluationReport": "handler",
-    "CheckpointMismatchError": "handler",
-    "check_checkpoint": "handler",
-    "case_id_of": "handler",
+    "SegmentationOverlays": "overlays",
+    "SpacedHausdorffDistance": "metric_handlers",
+    "CheckpointMismatchError": "checkpoint",
+    "check_checkpoint": "checkpoint",
+    "case_id_of": "cases",
     "write_report": "writer",
     "read_cases_csv": "writer",
     "classification_summary": "summary",

@@ -1,16 +1,21 @@
 """Numbers for evaluation reports: ROC / AUROC, operating points, calibration, and seeded bootstrap
-confidence intervals (numpy only, vectorised over bootstrap samples).
+confidence intervals.
 
 Conventions:
 
 - scores are probabilities of the positive class, labels are 0 / 1; a case is called positive when
   ``score >= threshold``.
-- :func:`roc_curve` is scikit-learn's ``roc_curve`` without ``drop_intermediate`` (one point per
-  distinct score); :func:`roc_auc` is the trapezoidal area under it, which equals the Mann-Whitney U
-  statistic with ties counted 1/2 (and ``sklearn.metrics.roc_auc_score``).
-- bootstrap: ``numpy.random.default_rng(seed)``; percentile intervals. Classification resamples
-  positives and negatives separately (stratified, so every resample has both classes and AUROC is
-  always defined -- pROC's default for ROC curves); segmentation resamples cases.
+- scikit-learn does the single-sample statistics: :func:`roc_curve` is ``sklearn.metrics.roc_curve`` without
+  ``drop_intermediate`` (one point per distinct score), :func:`roc_auc` is ``roc_auc_score`` (the trapezoidal
+  area, i.e. the Mann-Whitney U statistic with ties counted 1/2), :func:`confusion_at` is
+  ``confusion_matrix``, :func:`calibration_bins` uses ``calibration_curve`` (uniform bins; a probability on a
+  bin edge falls into the lower bin, as in scikit-learn) and ``brier_score_loss``.
+- written here, on purpose: the statistics of the bootstrap resamples (:func:`auroc_bootstrap`,
+  :func:`rates_from_confusion`), vectorised over all resamples at once -- scikit-learn would take a Python
+  loop of 1000 calls per statistic; the tests check them against scikit-learn on the same resamples.
+- bootstrap: ``numpy.random.default_rng(seed)``; percentile intervals (2.5 / 97.5 percentiles for a 95% CI).
+  Classification resamples positives and negatives separately (stratified, so every resample has both
+  classes and AUROC is always defined -- pROC's default for ROC curves); segmentation resamples cases.
 """
 
 from __future__ import annotations
@@ -22,17 +27,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "roc_curve",
-    "roc_auc",
-    "youden_threshold",
-    "confusion_at",
-    "rates_from_confusion",
-    "calibration_bins",
-    "stratified_bootstrap_indices",
-    "bootstrap_indices",
     "auroc_bootstrap",
+    "bootstrap_indices",
+    "calibration_bins",
+    "confusion_at",
     "percentile_ci",
+    "rates_from_confusion",
+    "roc_auc",
     "roc_band",
+    "roc_curve",
+    "stratified_bootstrap_indices",
+    "youden_threshold",
 ]
 
 
@@ -52,25 +57,24 @@ def _check_binary(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ROC curve ``(fpr, tpr, thresholds)``; ``thresholds[0] = inf`` (nothing positive), then every
     distinct score in decreasing order. Needs both classes."""
+    from sklearn.metrics import roc_curve as _roc_curve
+
     s, y = _check_binary(scores, labels)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"ROC needs both classes, got {n_pos} positive and {n_neg} negative case(s)")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each run of equal scores
-    tps = np.cumsum(y)[last]
-    fps = last + 1 - tps
-    tpr = np.r_[0.0, tps / n_pos]
-    fpr = np.r_[0.0, fps / n_neg]
-    return fpr, tpr, np.r_[np.inf, s[last]]
+    fpr, tpr, thr = _roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
 def roc_auc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve (trapezoidal, ties count 1/2)."""
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    """Area under the ROC curve (trapezoidal, ties count 1/2): ``sklearn.metrics.roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score
+
+    s, y = _check_binary(scores, labels)
+    roc_curve(s, y)  # the same error as the curve when a class is missing
+    return float(roc_auc_score(y, s))
 
 
 def youden_threshold(scores: Any, labels: Any) -> tuple[float, float]:
@@ -84,14 +88,11 @@ def youden_threshold(scores: Any, labels: Any) -> tuple[float, float]:
 
 def confusion_at(scores: Any, labels: Any, threshold: float) -> dict[str, int]:
     """Confusion counts ``tn, fp, fn, tp`` when ``score >= threshold`` is called positive."""
+    from sklearn.metrics import confusion_matrix
+
     s, y = _check_binary(scores, labels)
-    p = s >= threshold
-    return {
-        "tn": int(np.sum(~p & (y == 0))),
-        "fp": int(np.sum(p & (y == 0))),
-        "fn": int(np.sum(~p & (y == 1))),
-        "tp": int(np.sum(p & (y == 1))),
-    }
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, (s >= threshold).astype(np.int64), labels=[0, 1]).ravel())
+    return {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
 
 
 def rates_from_confusion(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.ndarray]:
@@ -107,22 +108,27 @@ def rates_from_confusion(tn: Any, fp: Any, fn: Any, tp: Any) -> dict[str, np.nda
 
 
 def calibration_bins(scores: Any, labels: Any, n_bins: int = 10) -> dict[str, Any]:
-    """Reliability diagram data over ``n_bins`` equal-width bins of the predicted probability.
+    """Reliability diagram data over ``n_bins`` equal-width bins of the predicted probability
+    (``sklearn.calibration.calibration_curve(strategy="uniform")``: bins ``[0, e1], (e1, e2], ...``).
 
     Returns ``edges`` ``(n_bins + 1,)``, per bin ``count``, ``mean_predicted`` and
     ``fraction_positive`` (NaN for empty bins), the expected calibration error
-    ``ece = sum_b n_b / n * |fraction_positive_b - mean_predicted_b|`` and the Brier score.
+    ``ece = sum_b n_b / n * |fraction_positive_b - mean_predicted_b|`` and the Brier score
+    (``sklearn.metrics.brier_score_loss``).
     """
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
     s, y = _check_binary(scores, labels)
     if np.any((s < 0) | (s > 1)):
         raise ValueError("calibration needs probabilities in [0, 1]")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(s, edges[1:-1], right=False), 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_pred = np.bincount(idx, weights=s, minlength=n_bins) / count
-        frac_pos = np.bincount(idx, weights=y, minlength=n_bins) / count
+    # calibration_curve returns the filled bins only; their counts come from the same binning
+    count = np.bincount(np.searchsorted(edges[1:-1], s), minlength=n_bins)
     filled = count > 0
+    mean_pred = np.full(n_bins, np.nan)
+    frac_pos = np.full(n_bins, np.nan)
+    frac_pos[filled], mean_pred[filled] = calibration_curve(y, s, n_bins=n_bins, strategy="uniform", pos_label=1)
     ece = float(np.sum(count[filled] / s.size * np.abs(frac_pos[filled] - mean_pred[filled])))
     return {
         "edges": edges,
@@ -130,7 +136,7 @@ def calibration_bins(scores: Any, labels: Any, n_bins: int = 10) -> dict[str, An
         "mean_predicted": mean_pred,
         "fraction_positive": frac_pos,
         "ece": ece,
-        "brier": float(np.mean((s - y) ** 2)),
+        "brier": float(brier_score_loss(y, s, pos_label=1)),
     }
 
 
