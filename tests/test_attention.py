@@ -213,3 +213,54 @@ def test_softmax_flops_quadratic_reference():
     """The counter sees the N x N work of exact attention (so the linear tests above can fail)."""
     proj, _, quadratic = _costs(2048, 64, 4)
     assert _flops("softmax", 2048, 64, 4, mask=False) >= proj + quadratic
+
+
+# ------------------------------------------------------------------ blind spots found by mutation testing
+def test_sequence_norm_against_naive_statistics():
+    """Per sample and feature over real tokens: zero mean, unit (biased) variance; padding comes out zero."""
+    from monai_ext.networks.attention import sequence_norm
+
+    torch.manual_seed(3)
+    x = 3 + 2 * torch.randn(2, 9, 5, dtype=torch.float64)
+    got = sequence_norm(x, eps=1e-5)
+    want = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(got, want)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    mask[1, 0] = False
+    got = sequence_norm(x, mask, eps=0.5)
+    for i in range(2):
+        r = x[i, mask[i]]
+        want = (r - r.mean(0)) / torch.sqrt(r.var(0, unbiased=False) + 0.5)
+        torch.testing.assert_close(got[i, mask[i]], want)
+        assert torch.all(got[i, ~mask[i]] == 0)
+    assert torch.all(sequence_norm(torch.zeros(1, 4, 3)) == 0)  # constant features: no NaN (eps)
+    empty = torch.zeros(1, 4, dtype=torch.bool)
+    assert torch.all(sequence_norm(x[:1, :4], empty) == 0)  # no real token: zeros, no NaN
+
+
+def test_sima_zero_columns_stay_finite():
+    """An all-zero query/key channel is divided by the eps floor (default 1e-6), not by zero."""
+    attn = build_attention("sima", hidden_size=8, num_heads=2).eval()
+    assert attn.eps == 1e-6
+    out = attn(torch.zeros(1, 5, 8))
+    assert torch.isfinite(out).all()
+
+
+def test_register_attention_names_and_conflicts():
+    from monai_ext.networks.attention import MultiHeadAttentionBase, register_attention
+
+    cls = ATTENTION_REGISTRY["sima"]
+    assert register_attention("sima")(cls) is cls and cls.attention_name == "sima"  # same class again: fine
+
+    class Other(MultiHeadAttentionBase):
+        pass
+
+    with pytest.raises(ValueError, match="'sima' is already registered \\(SimAAttention\\)"):
+        register_attention("sima")(Other)
+    assert ATTENTION_REGISTRY["sima"] is cls and Other.attention_name == "base"
+    try:
+        assert register_attention("_test_only")(Other) is Other and Other.attention_name == "_test_only"
+        assert isinstance(build_attention("_test_only", hidden_size=8, num_heads=2), Other)
+    finally:
+        ATTENTION_REGISTRY.pop("_test_only", None)
