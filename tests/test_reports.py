@@ -299,7 +299,7 @@ def test_segmentation_dice_and_hd95_match_monai(tmp_path, shape, apf):
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
     from monai.networks.utils import one_hot
 
-    report, data = _seg_evaluate(tmp_path, shape, apf)
+    _, data = _seg_evaluate(tmp_path, shape, apf)
     recs, names = read_cases_csv(tmp_path / "per_case.csv", "segmentation")
     assert names == ["a", "b", "c"] and [r["case_id"] for r in recs] == [f"case{i:02d}" for i in range(5)]
     net = _Rounder()
@@ -394,7 +394,7 @@ def _chromium(args: list[str], tmp: Path, timeout: int = 120) -> subprocess.Comp
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 _CHECK_SCRIPT = ('<script>window.addEventListener("load",function(){var i=Array.prototype.slice.call(document.images);'
@@ -491,8 +491,8 @@ def test_bad_input_errors(tmp_path):
 
     from monai_ext.networks import ViT
 
-    kw = dict(in_channels=1, patch_size=16, hidden_size=32, mlp_dim=64, num_layers=1, num_heads=2, spatial_dims=2,
-              classification=True, num_classes=2)
+    kw = {"in_channels": 1, "patch_size": 16, "hidden_size": 32, "mlp_dim": 64, "num_layers": 1, "num_heads": 2,
+          "spatial_dims": 2, "classification": True, "num_classes": 2}
     net64 = ViT(img_size=(64, 64), **kw)
     ckpt = tmp_path / "model.pt"
     torch.save(ViT(img_size=(32, 32), **kw).state_dict(), ckpt)
@@ -533,7 +533,7 @@ def _bundle_cmd(configs: list[str], **overrides) -> list[str]:
 
 
 def _run(cmd: list[str], check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=VINDR)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=VINDR, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -557,8 +557,8 @@ def vindr_eval(tmp_path_factory):
     torch.manual_seed(0)
     (root / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
-    io = dict(image_size=64, dataset_dir=root / "prepared", ckpt_dir=root / "models", log_dir=root / "logs",
-              num_workers=0)
+    io = {"image_size": 64, "dataset_dir": root / "prepared", "ckpt_dir": root / "models",
+          "log_dir": root / "logs", "num_workers": 0}
     return root, io
 
 
@@ -607,7 +607,7 @@ def test_bundle_evaluation_twice_byte_identical_and_ddp(vindr_eval):
 
 
 def test_bundle_wrong_checkpoint_and_empty_split(vindr_eval, tmp_path):
-    root, io = vindr_eval
+    _, io = vindr_eval
     proc = _run([sys.executable, *_bundle_cmd(["train.yaml", "evaluate.yaml"], output_dir=tmp_path / "out",
                                               **{**io, "network_def#num_layers": 2})], check=False)
     assert proc.returncode != 0

@@ -24,7 +24,7 @@ from .render import fmt_interval
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_run", "compare_table", "ATTENTION_LABELS"]
+__all__ = ["ATTENTION_LABELS", "compare_table", "load_run"]
 
 #: column order and headers of the classification table
 ATTENTION_LABELS = {"softmax": "ViT (softmax)", "sima": "SimA", "softmax_free": "softmax-free (ours)"}
@@ -103,14 +103,14 @@ def _classification_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         cells = ["; ".join(table[row].get(c, [])) or "-" for c in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     level = {r["metrics"].get("bootstrap", {}).get("ci_level") for r in runs}
-    lines += ["", f"AUROC on the test split with its {', '.join(f'{100 * v:.0f}%' for v in sorted(level) if v)} "
-                  "bootstrap CI."]
+    lines += ["", (f"AUROC on the test split with its {', '.join(f'{100 * v:.0f}%' for v in sorted(level) if v)} "
+                   "bootstrap CI.")]
     return lines
 
 
 def _segmentation_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = ["| Dataset | Model | Attention | Patch | Tokens | Mean leaves / image | s / image | s / case | "
-             "Mean Dice (CI) | Cases |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| Dataset | Model | Attention | Patch | Tokens | Mean leaves / image | s / image | s / case | "
+              "Mean Dice (CI) | Cases |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (_dataset_label(r), r["apf"].get("mode") == "uniform", r["dir"])):
         apf = r["apf"]
         model = "UNETR (uniform patches)" if apf.get("mode") == "uniform" else ("APF-UNETR" if apf else "n/a")
@@ -121,9 +121,9 @@ def _segmentation_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             _fmt(apf.get("num_tokens")), _fmt(apf.get("mean_leaves_per_image"), 1),
             _fmt(timing.get("seconds_per_image"), 4), _fmt(timing.get("seconds_per_case"), 3),
             fmt_interval(m.get("dice", {}).get("mean")), _fmt(m.get("n_cases"))]) + " |")
-    lines += ["", "Tokens: sequence length L of the transformer; mean leaves: real (unpadded) quadtree leaves. "
-                  "Seconds: evaluation wall time (network, APF planning and unpatching, metrics) divided by the "
-                  "number of 2D images / cases, on the device in each folder's provenance.json."]
+    lines += ["", ("Tokens: sequence length L of the transformer; mean leaves: real (unpadded) quadtree leaves. "
+                   "Seconds: evaluation wall time (network, APF planning and unpatching, metrics) divided by the "
+                   "number of 2D images / cases, on the device in each folder's provenance.json.")]
     return lines
 
 

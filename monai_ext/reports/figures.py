@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["roc_figure", "reliability_figure", "dice_boxplot", "overlay_figure", "display_image"]
+__all__ = ["dice_boxplot", "display_image", "overlay_figure", "reliability_figure", "roc_figure"]
 
 _DPI = 110
 _POINT_STYLE = {"default": ("o", "tab:orange", "0.5"), "youden": ("s", "tab:green", "Youden (validation)")}
@@ -36,7 +36,7 @@ def roc_figure(curves: Mapping[str, Any], metrics: Mapping[str, Any], path: Path
     fig = _figure(4.6, 4.4)
     ax = fig.add_subplot(1, 1, 1)
     band = curves["band"]
-    level = int(round(100 * metrics["bootstrap"]["ci_level"]))
+    level = round(100 * metrics["bootstrap"]["ci_level"])
     auc = metrics["auroc"]
     if auc.get("ci_low") is not None:  # no band either where too few cases give no CI
         ax.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"], color="tab:blue", alpha=0.2, step=None,
@@ -84,7 +84,8 @@ def reliability_figure(curves: Mapping[str, Any], path: Path) -> Path:
     ax2 = fig.add_subplot(1, 2, 2)
     edges = cal["edges"]
     for label, color in ((0, "tab:gray"), (1, "tab:red")):
-        ax2.hist(s[y == label], bins=edges, alpha=0.6, color=color, label=f"{names[label]} (n={int(np.sum(y == label))})")
+        n = int(np.sum(y == label))
+        ax2.hist(s[y == label], bins=edges, alpha=0.6, color=color, label=f"{names[label]} (n={n})")
     ax2.set_xlabel(f"predicted probability of '{names[1]}'")
     ax2.set_ylabel("cases")
     ax2.set_title("Predicted probabilities by true class")

@@ -115,7 +115,7 @@ def find_bundle_config() -> tuple[dict[str, Any] | None, str]:
             obj = frame.f_locals.get("self")
             try:
                 parser = obj if isinstance(obj, ConfigParser) else getattr(obj, "parser", None)
-            except Exception:  # a property that fails: not a bundle workflow
+            except Exception:  # noqa: BLE001 - any failing property: not a bundle workflow
                 parser = None
             if isinstance(parser, ConfigParser):
                 return parser.get(), "the running bundle's ConfigParser (config files + overrides)"

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Block", "build_blocks", "to_markdown", "to_html", "fmt_interval"]
+__all__ = ["Block", "build_blocks", "fmt_interval", "to_html", "to_markdown"]
 
 #: ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", file name, caption) | ("code", text)
 Block = tuple
@@ -65,7 +65,7 @@ def _run_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any]) -> list[Blo
 
 
 def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Block]:
-    level = int(round(100 * m["bootstrap"]["ci_level"]))
+    level = round(100 * m["bootstrap"]["ci_level"])
     names = m.get("class_names", ["negative", "positive"])
     out: list[Block] = [
         ("h2", "Discrimination and calibration"),
@@ -74,10 +74,10 @@ def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Bl
             ["Brier score", _f(m["calibration"]["brier"])],
             [f"expected calibration error ({m['calibration']['n_bins']} bins)", _f(m["calibration"]["ece"])],
         ]),
-        ("p", f"Split '{split}': {m['n_cases']} cases, {m['n_positive']} '{names[1]}' and {m['n_negative']} "
+        ("p", (f"Split '{split}': {m['n_cases']} cases, {m['n_positive']} '{names[1]}' and {m['n_negative']} "
               f"'{names[0]}'. CIs: {m['bootstrap']['n_samples']} bootstrap samples ({m['bootstrap']['method']}), "
               f"seed {m['bootstrap']['seed']}; no CI for a value from fewer than "
-              f"{m['bootstrap'].get('min_cases', 0)} cases."),
+              f"{m['bootstrap'].get('min_cases', 0)} cases.")),
     ]
     if m["auroc"].get("note"):
         out.append(("p", f"AUROC {m['auroc']['note']}."))
@@ -105,7 +105,7 @@ def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Bl
 
 
 def _segmentation_blocks(m: Mapping[str, Any]) -> list[Block]:
-    level = int(round(100 * m["bootstrap"]["ci_level"]))
+    level = round(100 * m["bootstrap"]["ci_level"])
     hd = m.get("hd95")
     header = ["class", f"Dice ({level}% CI)", "cases"]
     if hd:
@@ -125,11 +125,11 @@ def _segmentation_blocks(m: Mapping[str, Any]) -> list[Block]:
     out: list[Block] = [
         ("h2", "Segmentation quality"),
         ("table", header, rows + [mean_row, macro_row]),
-        ("p", f"Per class: mean over the cases whose ground truth has the class; CIs: "
+        ("p", (f"Per class: mean over the cases whose ground truth has the class; CIs: "
               f"{m['bootstrap']['n_samples']} bootstrap samples ({m['bootstrap']['method']}), seed "
               f"{m['bootstrap']['seed']}; no CI for a value from fewer than {m['bootstrap'].get('min_cases', 0)} "
               f"cases. HD95 is undefined (and left out, as in MONAI) when the prediction "
-              f"misses a class present in the ground truth."),
+              f"misses a class present in the ground truth.")),
     ]
     if "apf" in m:
         a = m["apf"]
@@ -155,8 +155,8 @@ def _provenance_blocks(prov: Mapping[str, Any]) -> list[Block]:
         if rec:
             rows.append([f"{key} SHA-256", f"{rec.get('sha256', 'missing')}  {rec.get('path', '')}"])
     rows.append(["seeds", ", ".join(f"{k} {v}" for k, v in sorted((prov.get("seeds") or {}).items()))])
-    rows.append(["device", f"{dev.get('gpu') or dev.get('cpu', '')} ({dev.get('device', '')}), "
-                           f"world size {prov.get('world_size', 1)}"])
+    rows.append(["device", (f"{dev.get('gpu') or dev.get('cpu', '')} ({dev.get('device', '')}), "
+                           f"world size {prov.get('world_size', 1)}")])
     rows.append(["duration", ", ".join(f"{k[:-2].replace('_', ' ')} {_f(v, 2)} s" for k, v in timing.items()
                                        if k.endswith("_s"))])
     if timing.get("seconds_per_case") is not None:
@@ -174,7 +174,8 @@ def _provenance_blocks(prov: Mapping[str, Any]) -> list[Block]:
     return out
 
 
-def build_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any], figures: Sequence[tuple[str, str]]) -> list[Block]:
+def build_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any],
+                 figures: Sequence[tuple[str, str]]) -> list[Block]:
     """The report's content. ``figures``: ``(file name, caption)`` pairs in the output folder."""
     name = prov.get("run", {}).get("name") or "evaluation"
     blocks: list[Block] = [("h1", f"Evaluation report: {name}")]
@@ -204,7 +205,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
             out.append(f"```\n{b[1]}\n```\n")
         elif kind == "table":
             header, rows = b[1], b[2]
-            cells = lambda r: "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"  # noqa: E731
+            cells = lambda r: "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
             out.append("\n".join([cells(header), "|" + "---|" * len(header), *(cells(r) for r in rows)]) + "\n")
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*\n")

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import stats
 
-__all__ = ["sort_records", "classification_summary", "segmentation_summary", "clean_for_json", "MIN_CI_CASES"]
+__all__ = ["MIN_CI_CASES", "classification_summary", "clean_for_json", "segmentation_summary", "sort_records"]
 
 #: fewest cases a bootstrap confidence interval is reported for; below it the value comes without a CI
 #: and a ``ci_note`` says why (a percentile bootstrap of 2 cases gives a meaningless "95% CI")

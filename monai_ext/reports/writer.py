@@ -26,7 +26,7 @@ from .summary import MIN_CI_CASES, classification_summary, clean_for_json, segme
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_report", "write_json", "read_cases_csv", "write_cases_csv", "column_name"]
+__all__ = ["column_name", "read_cases_csv", "write_cases_csv", "write_json", "write_report"]
 
 METRICS_DIGITS = 6
 
@@ -108,7 +108,7 @@ def read_cases_csv(path: Path, task: str) -> tuple[list[dict[str, Any]], list[st
     if not names:
         raise ValueError(f"{path}: no dice_<class> columns (has {cols})")
     has_hd = all(f"hd95_{n}" in cols for n in names)
-    fl = lambda v: float(v) if v not in ("", None) else float("nan")  # noqa: E731
+    fl = lambda v: float(v) if v not in ("", None) else float("nan")
     out = []
     for r in rows:
         rec: dict[str, Any] = {"case_id": r["case_id"], "dice": [fl(r[f"dice_{n}"]) for n in names],
@@ -153,7 +153,7 @@ def write_report(
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(n_bootstrap=n_bootstrap, seed=seed, ci_level=ci_level, min_ci_cases=min_ci_cases)
+    kw = {"n_bootstrap": n_bootstrap, "seed": seed, "ci_level": ci_level, "min_ci_cases": min_ci_cases}
     figures: list[tuple[str, str]] = []
     if task == "classification":
         names = list(class_names) if class_names else ["negative", "positive"]
