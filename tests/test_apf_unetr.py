@@ -140,3 +140,29 @@ def test_networks_and_utils_import_nothing_above_them():
                     todo.extend(graph[m])
             bad = sorted(m for m in seen if m.count(".") and m.split(".")[1] in banned)
             assert not bad, f"{start} imports (directly or through others) {bad}"
+
+
+def test_apf_inferer_volumes_slice_by_slice():
+    """``APFInferer`` on two volumes (SliceInferer over the last axis, mini-batches that span both volumes) equals
+    APF-UNETR run on every slice alone; 2D batches likewise; the workflows name is the same class."""
+    import monai_ext.workflows
+    from monai_ext.inferers import APFInferer
+
+    assert monai_ext.workflows.APFInferer is APFInferer
+    torch.manual_seed(0)
+    net = APFUNETR(1, 3, num_tokens=16, patch_size=4, **TINY).eval()
+    vol = torch.rand(2, 1, 20, 28, 3) * 255
+    inf = APFInferer(patch_size=4, num_tokens=16, batch_size=4)
+    with torch.no_grad():
+        out, out2d = inf(vol, net), inf(vol[..., 1], net)
+        assert out.shape == (2, 3, 20, 28, 3) and out2d.shape == (2, 3, 20, 28)
+        for b in range(2):
+            for z in range(3):
+                grid, meta = quadtree_patch(vol[b, ..., z].numpy(), patch_size=4, num_tokens=16)
+                logits = net(torch.from_numpy(grid)[None], torch.from_numpy(meta["mask"])[None])
+                ref = quadtree_unpatch(logits[0], meta)
+                torch.testing.assert_close(out[b, ..., z], ref, atol=1e-5, rtol=1e-5)
+                if z == 1:
+                    torch.testing.assert_close(out2d[b], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="perfect square"):
+        APFInferer(patch_size=4, num_tokens=20)  # checked when the inferer is built, not on the first volume
