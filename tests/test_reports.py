@@ -450,6 +450,14 @@ def test_cli_build_and_compare(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["auroc"]["value"] == pytest.approx(roc_auc_score([r["label"] for r in recs],
                                                               [r["probability"] for r in recs]), abs=1e-6)
+    # a second threshold given instead of validation cases: a number, or an earlier metrics.json
+    for given, source in (("0.4", "threshold argument"), (str(out / "metrics.json"), str(out / "metrics.json"))):
+        out2 = tmp_path / f"built_threshold_{len(source)}"
+        assert main(["report", "build", "--task", "classification", "--cases", str(test_csv), "--threshold", given,
+                     "--out", str(out2), "--n-bootstrap", "50"]) == 0
+        sel = json.loads((out2 / "metrics.json").read_text())["threshold_selection"]
+        want = 0.4 if given == "0.4" else m["threshold_selection"]["threshold"]
+        assert sel == {"method": "given", "source": source, "threshold": pytest.approx(want)}
     # a Table-2-like comparison: the attention type read from provenance.json
     folders = []
     for att, seed in (("softmax", 1), ("sima", 2), ("softmax_free", 3)):

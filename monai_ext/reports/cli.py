@@ -53,9 +53,9 @@ def _build(args: argparse.Namespace) -> int:
     }
     threshold, source = None, None
     if args.threshold is not None:
-        from .handler import _load_threshold
+        from .threshold import load_threshold
 
-        threshold, source = _load_threshold(float(args.threshold) if _is_number(args.threshold) else args.threshold)
+        threshold, source = load_threshold(float(args.threshold) if _is_number(args.threshold) else args.threshold)
     write_report(args.out, args.task, records, prov, class_names=args.class_names or names,
                  validation_records=validation, threshold=threshold, threshold_source=source,
                  n_bootstrap=args.n_bootstrap, seed=args.seed, ci_level=args.ci_level)
