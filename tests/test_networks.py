@@ -191,3 +191,27 @@ def test_vit_learns_synthetic_task():
     """A real learning test: the disc-radius task is at 50% by chance; a trained ViT is far above."""
     result = train_demo("softmax_free", steps=60, lr=2e-3, progress=False)
     assert result["test_accuracy"] > 0.75, result
+
+
+def test_compare_state_dict_unwrap_and_transfer_summary():
+    """The helpers behind checkpoint checks (verify, evaluation reports) and transfer_weights' one-line report:
+    blind spots found by mutation testing."""
+    from monai_ext.utils.checkpoint import TransferReport, compare_state_dict, unwrap
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    expected = net.state_dict()
+    assert compare_state_dict(dict(expected), expected).ok
+    state = {k: v for k, v in expected.items() if k != "1.bias"}
+    state["0.weight"] = torch.zeros(5, 3)
+    state["extra"] = torch.zeros(1)
+    state["step"] = 3  # not a tensor: no shape to compare
+    diff = compare_state_dict(state, expected)
+    assert not diff.ok
+    assert diff.missing == ["1.bias"] and diff.unexpected == ["extra", "step"]
+    assert diff.shapes == ["0.weight: checkpoint (5, 3) vs network (4, 3)"]
+    assert not compare_state_dict({k: v for k, v in expected.items() if k != "0.bias"}, expected).ok
+    wrapped = torch.nn.DataParallel(torch.nn.DataParallel(net))
+    assert unwrap(wrapped) is net and unwrap(net) is net
+    report = TransferReport(copied=["a.w", "b.w"], new=["x.q_gamma", "y.q_gamma", "y.k_beta"], unused=["u"])
+    assert report.summary() == "copied 2 tensors, initialized 3 new (k_beta, q_gamma), 1 unused, 0 shape-mismatched"
+    assert TransferReport().summary() == "copied 0 tensors, initialized 0 new (none), 0 unused, 0 shape-mismatched"
