@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut 3) of the core modules with fast, targeted test selections. Not in CI: 10-60 min per
+# module on 2 cores. Scores and surviving mutants: docs/testing.md.
+#
+#   bash scripts/mutation_test.sh MODULE [WORKDIR]
+#
+# MODULE: attention | apf | stats | checks | checkpoint (the case list below says what each mutates and runs).
+# The committed tree (git archive HEAD; REF=<commit> for another one) is unpacked into WORKDIR (default: a new
+# temporary folder) and mutated there; the checkout itself is never touched. Run again with the same WORKDIR to
+# continue an interrupted run. mutmut is installed into .venv when missing (pip install mutmut; never torch).
+# Threads: OMP_NUM_THREADS=1, MUTMUT_CHILDREN parallel mutants (default 2).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="$ROOT/.venv/bin/python"
+MODULE="${1:?usage: $0 attention|apf|stats|checks|checkpoint [WORKDIR]}"
+WORK="${2:-$(mktemp -d -t monai_ext_mutation.XXXXXX)}"
+REF="${REF:-HEAD}"
+
+A=monai_ext.networks.attention
+case "$MODULE" in
+  attention)  # the registry, the shared projections, exact softmax, SimA, sequence normalization and the
+    # softmax-free module (its fused autograd kernel, _SoftmaxFreeFold / _sfn_fold_graph / _fold_m, is left out)
+    FILE=monai_ext/networks/attention.py
+    SELECT=("$A.x_sequence_norm__*" "$A.x_register_attention__*" "$A.x_check_attention_name__*"
+            "$A.x_build_attention__*" "$A.x__check_mask__*" "$A.x__masked_input__*" "$A.xǁMultiHeadAttentionBaseǁ*"
+            "$A.xǁSoftmaxAttentionǁ*" "$A.xǁSimAAttentionǁ*" "$A.xǁSoftmaxFreeAttentionǁ*")
+    TESTS=(tests/test_attention.py -k 'not scales_linearly') ;;  # the timed test: FLOP-counted ones cover it
+  apf)  # quadtree planning, Z-order, patching and unpatching (not the edge-map / gray conversion helpers)
+    if [ -n "$(git -C "$ROOT" ls-tree --name-only "$REF" monai_ext/transforms/apf/quadtree.py)" ]; then
+      # split layout (issue 14): quadtree.py, functional.py in monai_ext/transforms/apf/, Z-order in utils/zorder.py
+      # (one only_mutate pattern: monai_ext/* spans both folders; SELECT keeps the run to these functions)
+      FILE='monai_ext/*'
+      Z=monai_ext.utils.zorder Q=monai_ext.transforms.apf.quadtree P=monai_ext.transforms.apf.functional
+      SELECT=("$Z.x__part1by1__*" "$Z.x_morton_encode__*" "$Z.x_zorder_grid__*" "$Z.x_grid_side__*"
+              "$Q.x__block_counts__*" "$Q.x__count_pyramid__*" "$Q.x__build_tree__*" "$Q.x_plan_quadtree__*"
+              "$Z.x_tokens_to_grid__*" "$Z.x_grid_to_tokens__*" "$Z.x_zorder_to_raster__*" "$P.x_extract_patches__*"
+              "$P.x__resize_matrix__*" "$P.x__resize_up__*" "$P.x_quadtree_unpatch__*")
+    else
+      FILE=monai_ext/transforms/apf.py
+      M=monai_ext.transforms.apf
+      SELECT=("$M.x__part1by1__*" "$M.x_morton_encode__*" "$M.x_zorder_grid__*" "$M.x__grid_side__*"
+              "$M.x__block_counts__*" "$M.x__count_pyramid__*" "$M.x__build_tree__*" "$M.x_plan_quadtree__*"
+              "$M.x_tokens_to_grid__*" "$M.x_grid_to_tokens__*" "$M.x_zorder_to_raster__*" "$M.x_extract_patches__*"
+              "$M.x__resize_matrix__*" "$M.x__resize_up__*" "$M.x_quadtree_unpatch__*")
+    fi
+    TESTS=(tests/test_apf.py) ;;
+  stats)  # ROC / AUROC, Youden, confusion, calibration, bootstrap indices and percentile CIs: all of it
+    FILE=monai_ext/reports/stats.py
+    SELECT=("monai_ext.reports.stats.*")
+    TESTS=(tests/test_reports.py -k 'not bundle and not chromium and not cli and not segmentation_dice and not metrics_json') ;;
+  checks)  # the bundles' datalist checks run before training
+    FILE=monai_ext/workflows/checks.py
+    SELECT=("monai_ext.workflows.checks.*")
+    TESTS=(tests/test_workflows.py tests/test_prepare_checks.py) ;;
+  checkpoint)  # the one checkpoint loader (weights_only=True)
+    FILE=monai_ext/utils/checkpoint.py
+    SELECT=("monai_ext.utils.checkpoint.*")
+    # (not the test that parses the package source: it reads the mutated file)
+    TESTS=(tests/test_checkpoint.py tests/test_networks.py
+           -k 'not no_weights_only_false and (test_checkpoint or transfer or compare_state_dict)') ;;
+  *) echo "unknown module '$MODULE' (attention, apf, stats, checks, checkpoint)" >&2; exit 2 ;;
+esac
+
+"$PY" -c "import mutmut" 2>/dev/null || "$PY" -m pip install -q mutmut
+mkdir -p "$WORK"
+if [ -e "$WORK/mutants" ]; then
+  echo "continuing the mutation run in $WORK (delete $WORK/mutants to start over)" >&2
+else
+  git -C "$ROOT" archive "$REF" | tar -x -C "$WORK"
+fi
+
+# mutmut reads setup.cfg when pyproject.toml has no [tool.mutmut]; the test selection travels with it
+{
+  echo "[mutmut]"
+  echo "source_paths = monai_ext"
+  echo "only_mutate = $FILE"
+  echo "also_copy ="
+  echo "    bundles"
+  echo "    scripts"
+  echo "pytest_add_cli_args_test_selection ="
+  for t in "${TESTS[@]}"; do echo "    $t"; done
+  echo "pytest_add_cli_args ="
+  echo "    -p"
+  echo "    no:cacheprovider"
+  echo "process_isolation = forkserver"
+} > "$WORK/setup.cfg"
+
+cd "$WORK"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+echo "mutating $FILE in $WORK; tests: ${TESTS[*]}" >&2
+"$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${SELECT[@]}" || true
+"$PY" -m mutmut results --all true > "$WORK/results.txt" || true
+"$PY" "$ROOT/scripts/mutation_summary.py" "$WORK/results.txt" "$FILE" "${SELECT[@]}" | tee "$WORK/summary.txt"
+echo "show a mutant: cd $WORK && $PY -m mutmut show <name>" >&2
