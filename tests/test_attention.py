@@ -264,3 +264,17 @@ def test_register_attention_names_and_conflicts():
         assert isinstance(build_attention("_test_only", hidden_size=8, num_heads=2), Other)
     finally:
         ATTENTION_REGISTRY.pop("_test_only", None)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_dim_head_and_default_dropout(name):
+    """``dim_head`` other than ``C / h`` (inner width 4 * 8 = 32 for C = 16) against the naive formula, and no
+    dropout by default: two training-mode passes agree."""
+    torch.manual_seed(4)
+    attn = build_attention(name, hidden_size=16, num_heads=4, dim_head=8).double()
+    assert attn.qkv.out_features == 3 * 32 and attn.out_proj.in_features == 32 and attn.dropout_rate == 0.0
+    _random_affine(attn)
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    attn.train()
+    torch.testing.assert_close(attn(x), attn(x), rtol=0, atol=0)
+    torch.testing.assert_close(attn.eval()(x), naive_attention(attn, x), atol=1e-6, rtol=1e-6)
