@@ -212,9 +212,7 @@ def demo_data(root: Path, dataset: str, cases: int, seed: int = 0, prep_opts: di
 
     Raises :class:`FolderNotOwned` (before writing anything) when either folder holds other files, and
     :class:`monai_ext.data.common.DataError` when the prepared data are unusable."""
-    import importlib
-
-    from .data.cli import prepare_checked
+    from .data.dataset import get_dataset, prepare_checked
 
     prep_opts = dict(prep_opts or {})
     raw, prepared = DemoFolder(root / "data" / "raw"), DemoFolder(root / "data" / "prepared")
@@ -225,7 +223,7 @@ def demo_data(root: Path, dataset: str, cases: int, seed: int = 0, prep_opts: di
         logger.info("[1/4] synthetic data already in %s", raw.path)
     else:
         logger.info("[1/4] synthesizing %d %s cases into %s", cases, dataset, raw.path)
-        importlib.import_module(f"monai_ext.data.{dataset}").synthesize(raw.path, cases=cases, seed=seed)
+        get_dataset(dataset).synthesize(raw.path, cases=cases, seed=seed)
         raw.seal()
     # prepared files of other synthetic data must not be reused: the stamp names the raw data's generation
     prep_stamp = {**stamp, "prepare": json.loads(json.dumps(prep_opts)),

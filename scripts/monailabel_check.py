@@ -121,15 +121,15 @@ def free_port() -> int:
 
 def prepare_and_train(name: str, spec: dict, work: Path, log: Path) -> tuple[Path, Path]:
     """Synthetic data -> prepared dataset -> 1-epoch training. Returns (prepared dir, model.pt)."""
-    import importlib
+    from monai_ext.data.dataset import get_dataset, prepare_checked
 
-    module = importlib.import_module(f"monai_ext.data.{spec['dataset']}")
+    dataset = get_dataset(spec["dataset"])
     raw, prepared = work / "data" / name / "raw", work / "data" / name / "prepared"
     models = work / "models" / name
     if not (prepared / spec["datalist"]).is_file():
         logger.info("[%s] synthesizing %s and preparing", name, spec["dataset"])
-        module.synthesize(raw, seed=0, **spec["synth"])
-        module.prepare(raw, prepared, **spec["prepare"])
+        dataset.synthesize(raw, seed=0, **spec["synth"])
+        prepare_checked(dataset, raw, prepared, **spec["prepare"])
     if not (models / "model.pt").is_file():
         cfg = ROOT / "bundles" / name / "configs"
         cmd = [PY, "-m", "monai.bundle", "run", "training", "--config_file", str(cfg / "train.yaml"),

@@ -38,7 +38,7 @@ def test_demo_refuses_foreign_file_in_data_folder(tmp_path, monkeypatch, caplog)
     (root / "data" / "prepared").mkdir()
     (root / "data" / "prepared" / "datalist.json").write_text("{}")
     called = []
-    monkeypatch.setattr("monai_ext.data.paip.synthesize", lambda *a, **k: called.append(a))
+    monkeypatch.setattr("monai_ext.data.synthetic.paip.synthesize", lambda *a, **k: called.append(a))
     with pytest.raises(FolderNotOwned, match=r"2 file\(s\) the demo did not create \(my_slide.svs, notes.txt\)"):
         demo.run_bundle_demo("apf_unetr_paip_segmentation", root=root)
     assert (raw / "my_slide.svs").read_bytes() == b"precious" and (raw / "notes.txt").read_text() == "mine"
