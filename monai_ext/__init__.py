@@ -1,10 +1,15 @@
 """monai_ext: compute-efficient transformers for large medical images, as MONAI bundles.
 
-Subpackages:
+Subpackages (docs/architecture.md is the map, lowest layer first):
+    utils       the one checkpoint loader (weights only), environment info, Z-order helpers
     networks    attention registry, ViT (2D/3D), UNETR, APF-UNETR
-    transforms  APF quadtree patching / unpatching and other dictionary transforms
-    data        dataset preparation (real layouts -> datalists) and synthetic generators
+    transforms  APF quadtree adaptive patching / unpatching (array and dictionary transforms)
+    data        dataset preparation (real layouts -> datalists); data.synthetic: generators in those layouts
+    inferers    APF inference at full resolution
+    metrics     APF's upper-bound Dice
     reports     reproducible evaluation reports
+    workflows   handlers, run identity, checks and inference I/O for the bundle configs
+    bundle      verify / package / MONAI Label app
     bench       benchmarks (not tests)
 """
 
