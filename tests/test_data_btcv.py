@@ -242,3 +242,40 @@ def test_affine_mismatch_is_reported(raw, tmp_path):
     label.affine[0, 3] += 2.0
     with pytest.raises(DataError, match=r"lab\.nii\.gz: label affine differs .* by 2"):
         btcv.check_pair(image, label, Path("img.nii.gz"), Path("lab.nii.gz"), affine_tol=1e-2)
+
+
+def test_heldout_protocol_test_split_never_used_for_selection(raw, tmp_path):
+    """--protocol heldout: a labelled test split disjoint from training and from validation (checkpoint
+    selection); validation is the canonical one; the unlabelled CT move to 'unlabelled'. 24-6 stays as it was."""
+    canon = {c.case: c.split for c in btcv.discover(raw, seed=0)}
+    # 30 labelled cases in the canonical ids (a dataset_0.json-free folder: the split comes from the ids)
+    src = tmp_path / "ids"
+    (src / "imagesTr").mkdir(parents=True)
+    (src / "labelsTr").mkdir()
+    (src / "imagesTs").mkdir()
+    for i in btcv.TRAIN_IDS + btcv.VAL_IDS:
+        (src / "imagesTr" / f"img{i:04d}.nii.gz").symlink_to(raw / "imagesTr" / "img0001.nii.gz")
+        (src / "labelsTr" / f"label{i:04d}.nii.gz").symlink_to(raw / "labelsTr" / "label0001.nii.gz")
+    (src / "imagesTs" / "img0061.nii.gz").symlink_to(raw / "imagesTs" / "img0061.nii.gz")
+    split = {c.case: c.split for c in btcv.discover(src, seed=0, protocol="heldout")}
+    by = {s: sorted(k for k, v in split.items() if v == s) for s in ("training", "validation", "test", "unlabelled")}
+    assert len(by["training"]) == 18 and len(by["test"]) == 6 and by["unlabelled"] == ["0061"]
+    assert by["validation"] == [f"{i:04d}" for i in btcv.VAL_IDS]  # selection split untouched
+    assert set(by["test"]) <= {f"{i:04d}" for i in btcv.TRAIN_IDS}  # carved from training, never validation
+    assert {c.case: c.split for c in btcv.discover(src, seed=0, protocol="heldout")} == split  # deterministic
+    assert {c.case: c.split for c in btcv.discover(src, seed=1, protocol="heldout")} != split  # seeded
+    default = {c.case: c.split for c in btcv.discover(src, seed=0)}
+    assert sum(v == "training" for v in default.values()) == 24 and default["0061"] == "test"
+    # the synthetic set through prepare (dataset_0.json): 3 training -> 2 training + 1 labelled test
+    out = tmp_path / "heldout"
+    dl = btcv.prepare(raw, out, size=(16, 16, -1), protocol="heldout")
+    train, test = [e["case"] for e in dl["training"]], [e["case"] for e in dl["test"]]
+    assert len(train) == 2 and len(test) == 1 and set(train + test) == {k for k, v in canon.items() if v == "training"}
+    assert [e["case"] for e in dl["validation"]] == ["0035"] and "label" in dl["test"][0]
+    assert [e["case"] for e in dl["unlabelled"]] == ["0061"] and "label" not in dl["unlabelled"][0]
+    meta = json.loads((out / "datalist.json").read_text())
+    assert meta["settings"]["protocol"] == "heldout" and meta["unlabelled"] == dl["unlabelled"]
+    assert "protocol" not in json.loads(json.dumps(btcv.prepare(raw, tmp_path / "d", size=(16, 16, -1))))
+    assert "protocol" not in json.loads((tmp_path / "d" / "datalist.json").read_text())["settings"]
+    with pytest.raises(ValueError, match="protocol"):
+        btcv.discover(raw, protocol="5-fold")

@@ -14,6 +14,11 @@ Split: ``dataset_0.json`` when present; else the canonical split by case id (tra
 from a larger synthetic set) are split 24:6 between training and validation, deterministically
 for ``--seed`` (:func:`monai_ext.data.common.grouped_split`).
 
+Protocol (``--protocol``): ``24-6`` (default) keeps that split: the 6 validation cases both select the
+checkpoint and give the reported numbers (Swin-UNETR's common protocol: *validation* numbers). ``heldout``
+moves a seeded quarter of the training cases (6 of the canonical 24) to a labelled ``test`` split that is
+never used for selection (18 training / 6 validation / 6 test); the unlabelled CT then go to ``unlabelled``.
+
 :func:`prepare` checks every case (readable NIfTI, 3D, image/label shapes equal, affines equal
 within ``affine_tol`` mm, label values integers in 0..13), reorients to ``RAS`` (option),
 optionally resamples to a spacing, resizes to ``size`` (``-1`` keeps an axis; default 64 x 64 in
@@ -77,6 +82,8 @@ VAL_IDS: tuple[int, ...] = tuple(range(35, 41))
 TEST_IDS: tuple[int, ...] = tuple(range(61, 81))
 
 DATASET_JSON = "dataset_0.json"
+#: ``--protocol`` values: the common 24 / 6 split (validation numbers) or a held-out labelled test split
+PROTOCOLS = ("24-6", "heldout")
 DEFAULT_SIZE = (64, 64, -1)
 #: splits a usable prepared BTCV folder needs (``test`` holds unlabelled CT only) and its classes (none:
 #: segmentation); checked by ``monai-ext prepare`` (:func:`monai_ext.data.common.check_splits`)
@@ -221,18 +228,37 @@ def _entries_from_layout(raw: Path, seed: int, skips: SkipLog) -> list[_Case]:
     return cases
 
 
-def discover(raw: Path, seed: int = 0, skips: SkipLog | None = None) -> list[_Case]:
-    """The cases of a BTCV folder with their split (``dataset_0.json`` or canonical ids)."""
+def _hold_out(cases: list[_Case], seed: int) -> list[_Case]:
+    """``heldout`` protocol: a seeded quarter of the labelled ``training`` cases (6 of 24) -> ``test``; the
+    unlabelled ``test`` cases -> ``unlabelled``. Validation (checkpoint selection) is unchanged."""
+    train = [c.case for c in cases if c.split == "training" and c.label is not None]
+    held = {k for k, v in grouped_split(train, fractions=(18, 0, 6), seed=seed).items() if v == "test"}
+    out = []
+    for c in cases:
+        split = "unlabelled" if c.label is None else "test" if c.case in held else c.split
+        out.append(_Case(c.case, split, c.image, c.label))
+    logger.info("held-out protocol: %d of %d training case(s) form the labelled test split (seed %d)",
+                len(held), len(train), seed)
+    return out
+
+
+def discover(raw: Path, seed: int = 0, skips: SkipLog | None = None, protocol: str = "24-6") -> list[_Case]:
+    """The cases of a BTCV folder with their split (``dataset_0.json`` or canonical ids; ``protocol``:
+    ``24-6`` as found, ``heldout`` with a labelled test split carved from training, see the module docstring)."""
     raw = Path(raw)
     skips = SkipLog() if skips is None else skips
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if not raw.is_dir():
         raise DataError(raw, "dataset folder not found")
     if (raw / DATASET_JSON).is_file():
         logger.info("split from %s", raw / DATASET_JSON)
-        return _entries_from_dataset_json(raw, skips)
-    if not (raw / "imagesTr").is_dir():
+        cases = _entries_from_dataset_json(raw, skips)
+    elif not (raw / "imagesTr").is_dir():
         raise DataError(raw, f"neither {DATASET_JSON} nor an imagesTr/ folder found (BTCV layout expected)")
-    return _entries_from_layout(raw, seed, skips)
+    else:
+        cases = _entries_from_layout(raw, seed, skips)
+    return _hold_out(cases, seed) if protocol == "heldout" else cases
 
 
 def _transforms(orientation: str | None, spacing: Sequence[float] | None, size: Sequence[int], label: bool):
@@ -320,6 +346,13 @@ PREPARE_OPTIONS = (
         default=1e-2,
         help="largest allowed difference (mm) between image and label affines (default %(default)s)",
     ),
+    Option.of(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="24-6",
+        help="24-6 (default): training / validation as in dataset_0.json, reported numbers are validation numbers; "
+        "heldout: 6 of the 24 training cases form a labelled test split never used for checkpoint selection",
+    ),
     Option.of("--workers", type=int, default=1, help="worker processes (default 1)"),
 )
 
@@ -334,10 +367,12 @@ def prepare(
     orientation: str | None = "RAS",
     affine_tol: float = 1e-2,
     workers: int = 1,
+    protocol: str = "24-6",
 ) -> dict:
     """Prepare a BTCV folder (real or synthetic) into ``out``; returns the datalist.
 
-    ``size``: output voxels per axis after reorientation/resampling (``-1`` keeps an axis).
+    ``size``: output voxels per axis after reorientation/resampling (``-1`` keeps an axis). ``protocol``:
+    ``24-6`` or ``heldout`` (labelled ``test`` split, unlabelled CT under ``unlabelled``; see the module docstring).
     """
     raw, out = Path(raw), Path(out)
     if orientation is not None and orientation.lower() == "none":
@@ -346,10 +381,12 @@ def prepare(
     if len(size) != 3 or any(s == 0 or s < -1 for s in size):
         raise ValueError(f"size must be 3 positive integers or -1, got {size}")
     settings = {"size": size, "spacing": [float(v) for v in spacing] if spacing else None, "orientation": orientation}
+    if protocol != "24-6":  # recorded only when not the default, so earlier prepared folders stay valid
+        settings["protocol"] = protocol
     check_settings(out, settings, overwrite)
 
     skips = SkipLog()
-    cases = discover(raw, seed=seed, skips=skips)
+    cases = discover(raw, seed=seed, skips=skips, protocol=protocol)
     out.mkdir(parents=True, exist_ok=True)
     worker = functools.partial(
         _prepare_case,
@@ -361,6 +398,8 @@ def prepare(
         overwrite=overwrite,
     )
     datalist: dict[str, list[dict[str, str]]] = {"training": [], "validation": [], "test": []}
+    if protocol == "heldout":
+        datalist["unlabelled"] = []
     for c, entry, error in run_cases(worker, cases, workers=workers, desc="BTCV cases"):
         if error is not None:
             skips.add(c.case, error, path=None if isinstance(error, DataError) else c.image)
