@@ -278,3 +278,31 @@ def test_dim_head_and_default_dropout(name):
     attn.train()
     torch.testing.assert_close(attn(x), attn(x), rtol=0, atol=0)
     torch.testing.assert_close(attn.eval()(x), naive_attention(attn, x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_scripted_and_traced_match_eager(name):
+    """TorchScript (scripting and tracing take softmax-free attention's graph path, not its fused autograd
+    kernel) gives the eager output, padding included."""
+    torch.manual_seed(5)
+    attn = build_attention(name, hidden_size=32, num_heads=4, qkv_bias=True).eval()
+    _random_affine(attn)
+    x = torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    want = attn(x, mask)
+    torch.testing.assert_close(torch.jit.script(attn)(x, mask), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.jit.trace(attn, (x, mask))(x, mask), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_defaults_and_mask_checks(name):
+    attn = build_attention(name, hidden_size=16, num_heads=2)
+    assert attn.qkv.bias is None and attn.dropout_rate == 0.0
+    if hasattr(attn, "eps"):
+        assert attn.eps == {"softmax_free": 1e-5, "sima": 1e-6}[name]
+    x = torch.randn(2, 5, 16)
+    for bad in (torch.ones(3, 5, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool),
+                torch.ones(2, 5, 1, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"mask must be \(B, N\) bool matching the tokens \(B, N, C\)"):
+            attn(x, bad)
