@@ -281,7 +281,7 @@ class _SoftmaxFreeFold(torch.autograd.Function):
             nc = cnt.clamp_min(1.0)
             mean = x.sum(dim=1) / nc
             var = torch.zeros_like(mean)
-            g = x.new_zeros(bsz, num_heads, d, d)
+            g = x.new_zeros((bsz, num_heads, d, d))
             step = min(n, max(16, _CHUNK_ELEMENTS // (bsz * c3)))
             buf = x.new_empty((bsz, step, c3))  # one chunk buffer, reused: few ops, no page-faulting temporaries
             for s in range(0, n, step):  # exact centred statistics and K_c^T V_c, chunk by chunk
