@@ -189,6 +189,30 @@ def test_classification_ci_equals_plain_bootstrap_loop(level):
         assert (p[name]["ci_low"], p[name]["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
 
 
+@pytest.mark.parametrize("level,grid", [(0.95, None), (0.8, [0.0, 0.1, 0.25, 0.5, 1.0])])
+def test_roc_band_equals_plain_bootstrap_loop(level, grid):
+    """The ROC figure's band: per resample scikit-learn's ROC curve (all points) interpolated on the FPR grid,
+    then ``np.percentile`` per grid point."""
+    from sklearn.metrics import roc_curve
+
+    recs = _binary_records(40, 12, ties=True)
+    y = np.array([r["label"] for r in recs])
+    s = np.array([r["probability"] for r in recs])
+    idx = stats.stratified_bootstrap_indices(y, 60, seed=8)
+    band = stats.roc_band(s, y, idx, grid=grid, level=level)
+    fpr_grid = np.linspace(0, 1, 101) if grid is None else np.asarray(grid)
+    np.testing.assert_array_equal(band["fpr"], fpr_grid)
+    curves = []
+    for row in idx:
+        fpr, tpr, _ = roc_curve(y[row], s[row], drop_intermediate=False)
+        curves.append(np.interp(fpr_grid, fpr, tpr))
+    a = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.array(curves), [a, 100 - a], axis=0)
+    np.testing.assert_allclose(band["tpr_low"], lo, atol=1e-12)
+    np.testing.assert_allclose(band["tpr_high"], hi, atol=1e-12)
+    assert np.any(hi > lo)
+
+
 def test_segmentation_ci_equals_plain_bootstrap_loop():
     """Dice CIs (per class, MONAI mean, mean over classes) = ``np.percentile`` over a plain loop on the same
     case resamples (``default_rng(seed).integers``), NaN (class absent) left out as MONAI does."""
