@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monai_ext.reports.cli",
     "monai_ext.bundle.cli",
     "monai_ext.utils.cli",
+    "monai_ext.protocols.cli",
 )
 
 

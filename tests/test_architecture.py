@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "workflows": {"data", "inferers", "transforms", "utils"},
     "bundle": {"utils"},
     "bench": {"data", "networks", "transforms", "utils"},
+    "protocols": {"reports", "utils", "workflows"},
 }
 #: modules allowed over MAX_LINES, with the reason
 LARGE = {

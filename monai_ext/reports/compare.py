@@ -71,8 +71,9 @@ def load_run(folder: str | Path) -> dict[str, Any]:
             v = _literal(config, "apf", k)
             if v is not None:
                 apf[k] = v
+    cost = _read_json(d / "training_cost.json") if (d / "training_cost.json").is_file() else None
     return {"dir": str(d), "name": run.get("name") or d.name, "task": metrics.get("task"), "metrics": metrics,
-            "provenance": prov, "variant": variant, "apf": apf}
+            "provenance": prov, "variant": variant, "apf": apf, "cost": cost}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -139,6 +140,16 @@ def compare_table(folders: Sequence[str | Path]) -> str:
         out += ["## Classification: AUROC by attention type", "", *_classification_table(cls), ""]
     if seg:
         out += ["## Segmentation: APF vs uniform patching", "", *_segmentation_table(seg), ""]
+    costs = [r for r in runs if r.get("cost")]
+    if costs:
+        out += ["## Training cost", "", "| Run | Variant | Epochs | s / epoch | Peak RSS (MiB) |", "|---|---|---|---|---|"]
+        for r in costs:
+            c = r["cost"]
+            out.append(f"| {_dataset_label(r)} | {c.get('variant', 'n/a')} | {_fmt(c.get('epochs'))} | "
+                       f"{_fmt(c.get('seconds_per_epoch'), 2)} | {_fmt(c.get('peak_rss_mib'), 0)} |")
+        out += ["", ("s / epoch: the training command's wall time (start-up, data caching and validation after every "
+                     "epoch included) divided by its epochs; peak RSS: the training process's maximum resident set "
+                     "size (training_cost.json, written by `monai-ext paper-table`)."), ""]
     out += ["## Runs", "", "| Folder | Task | Name | Variant | Cases | Code | Checkpoint SHA-256 |",
             "|---|---|---|---|---|---|---|"]
     for r in runs:

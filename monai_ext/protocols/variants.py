@@ -1,0 +1,68 @@
+"""Variants of each bundle for ``monai-ext paper-table``: override sets, kept as data.
+
+A bundle may define its own under ``"paper_table"`` in ``configs/metadata.json`` (same layout as one entry of
+:data:`VARIANTS`; it replaces the entry here), so a bundle's variants live with the bundle.
+
+Layout of an entry: ``variants`` (name -> ``{config key: value}`` overrides), ``default`` (names run when
+``--variants`` is not given) and ``overlays``: ``cpu`` / ``paper`` -> ``{"files": [config files after
+train.yaml], "overrides": {...}}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VARIANTS", "bundle_variants"]
+
+_ATTENTION = {a: {"network_def#attention": a} for a in ("softmax", "sima", "softmax_free")}
+_SFN_DEFAULT = ["softmax", "sima", "softmax_free"]
+# APF vs UNETR at the same smallest patch: uniform patching with the sequence length of the full grid
+_APF = {"apf": {}, "uniform": {"apf#mode": "uniform",
+                               "apf#num_tokens": "$(@image_size // @apf#patch_size) ** 2"}}
+
+#: bundle -> variants, default variant names and overlays (see the module docstring)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "vindr_cxr_cardiomegaly_classification": {
+        "variants": _ATTENTION, "default": _SFN_DEFAULT,
+        "overlays": {
+            # the demo's CPU size: 64 px at patch 8 (64 tokens)
+            "cpu": {"files": [], "overrides": {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}},
+            "paper": {"files": ["configs/paper.yaml"], "overrides": {}},
+        },
+    },
+    "duke_breast_mri_classification": {
+        "variants": _ATTENTION, "default": _SFN_DEFAULT,
+        "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+    "apf_unetr_paip_segmentation": {
+        "variants": _APF, "default": ["apf", "uniform"],
+        "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+    "apf_unetr_btcv_segmentation": {
+        "variants": _APF, "default": ["apf", "uniform"],
+        "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+}
+
+
+def bundle_variants(bundle_dir: str | Path) -> dict[str, Any]:
+    """The variant entry of the bundle in ``bundle_dir``: its metadata's ``"paper_table"``, else :data:`VARIANTS`."""
+    root = Path(bundle_dir)
+    meta_path = root / "configs" / "metadata.json"
+    own = json.loads(meta_path.read_text()).get("paper_table") if meta_path.is_file() else None
+    if own:
+        logger.info("variants from %s", meta_path)
+        return copy.deepcopy(own)
+    if root.name not in VARIANTS:
+        raise ValueError(f"{root}: no variants known for bundle {root.name!r} (known: {sorted(VARIANTS)}); "
+                         f"define them under 'paper_table' in {meta_path}")
+    return copy.deepcopy(VARIANTS[root.name])
