@@ -3,7 +3,7 @@ into its own folder, then one comparison table (the papers' Table 2 / Table II l
 
 Every step is a ``python -m monai.bundle run`` subprocess in the bundle folder, as a user would run it; the
 variant's ``ckpt_dir`` / ``output_dir`` / ``log_dir`` point into ``OUT/<variant>/`` so nothing is overwritten.
-Peak memory is the child's peak resident set size (``os.wait4`` rusage of that training process).
+Peak memory is the training process's peak resident set size (``VmHWM``, see :func:`run_measured`).
 """
 
 from __future__ import annotations
@@ -27,16 +27,36 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_measured", "run_paper_table"]
 
 
-def run_measured(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> dict[str, float]:
-    """Run ``cmd``; return its wall seconds and peak RSS in MiB (Linux ``ru_maxrss`` is KiB). Raise on failure."""
+def _hwm_mib(pid: int) -> float | None:
+    """The process's peak resident set size so far (``VmHWM`` of ``/proc/<pid>/status``), MiB; None if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def run_measured(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
+                 poll_s: float = 0.2) -> dict[str, float | None]:
+    """Run ``cmd``; return its wall seconds and the child's peak RSS in MiB. Raise on failure.
+
+    The peak is the child's ``VmHWM`` (Linux), read every ``poll_s`` seconds while it runs: ``ru_maxrss`` of a
+    child (``getrusage(RUSAGE_CHILDREN)`` / ``wait4``) starts at the *parent's* resident size at the fork, so
+    it over-reports small children of a large parent. Where ``/proc`` is missing it is None."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env) if env is not None else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak: float | None = None
+    while proc.poll() is None:
+        hwm = _hwm_mib(proc.pid)
+        if hwm is not None:
+            peak = max(peak or 0.0, hwm)
+        time.sleep(poll_s)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, list(cmd))
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024.0}
+    return {"seconds": seconds, "peak_rss_mib": peak}
 
 
 def _override_args(overrides: Mapping[str, Any]) -> list[str]:
@@ -94,7 +114,7 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
         n_epochs = _epochs_run(vdir / "models") or common.get("epochs")
         cost = {"variant": name, "overlay": overlay, "epochs": n_epochs, "train_seconds": round(train["seconds"], 2),
                 "seconds_per_epoch": round(train["seconds"] / n_epochs, 3) if n_epochs else None,
-                "peak_rss_mib": round(train["peak_rss_mib"], 1), "overrides": {**common, **spec["variants"][name]}}
+                "peak_rss_mib": None if train["peak_rss_mib"] is None else round(train["peak_rss_mib"], 1), "overrides": {**common, **spec["variants"][name]}}
         (vdir / "eval" / "training_cost.json").write_text(json.dumps(cost, indent=2) + "\n")
         eval_dirs.append(vdir / "eval")
     table = compare_table(eval_dirs)

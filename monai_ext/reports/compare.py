@@ -149,7 +149,7 @@ def compare_table(folders: Sequence[str | Path]) -> str:
                        f"{_fmt(c.get('seconds_per_epoch'), 2)} | {_fmt(c.get('peak_rss_mib'), 0)} |")
         out += ["", ("s / epoch: the training command's wall time (start-up, data caching and validation after every "
                      "epoch included) divided by its epochs; peak RSS: the training process's maximum resident set "
-                     "size (training_cost.json, written by `monai-ext paper-table`)."), ""]
+                     "size, VmHWM (training_cost.json, written by `monai-ext paper-table`)."), ""]
     out += ["## Runs", "", "| Folder | Task | Name | Variant | Cases | Code | Checkpoint SHA-256 |",
             "|---|---|---|---|---|---|---|"]
     for r in runs:
