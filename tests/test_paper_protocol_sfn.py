@@ -94,6 +94,8 @@ def test_duke_paper_overlay_is_table_1() -> None:
     flips = _random_transforms(p)
     assert [type(t).__name__ for t in flips] == ["RandFlipd"] * 3  # Sec. 3.1: flips on every axis, nothing else
     assert sorted(t.flipper.spatial_axis for t in flips) == [0, 1, 2] and {t.prob for t in flips} == {0.5}
+    inf = _parser(DUKE, ["inference.yaml", "paper_inference.yaml"])
+    assert (inf.get_parsed_content("image_size"), inf.get_parsed_content("preset")) == ([256, 256, 32], "paper")
     prep = p.get_parsed_content("paper_preparation")
     assert prep == {"spacing": [0.7, 0.7, 3.0], "size": [256, 256, 32], "out_size": [256, 256, 32],
                     "ap_crop": "center"}
@@ -219,3 +221,19 @@ def test_duke_nc_rule_keeps_1302_breasts_of_922(tmp_path) -> None:
         except duke.Excluded:
             dropped += 1
     assert dropped == 271 and sum(len(v) for v in kept.values()) == 1302
+
+
+def test_vindr_paper_overlay_on_inference(tmp_path) -> None:
+    """``['inference.yaml', 'paper_inference.yaml']``: a grey PNG becomes the paper network's 3 channels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "x.png")
+    full = _parser(VINDR, ["inference.yaml", "paper_inference.yaml"])
+    assert (full.get_parsed_content("image_size"), full.get_parsed_content("preset")) == (224, "paper")
+    p = _parser(VINDR, ["inference.yaml", "paper_inference.yaml"], image_size=32, patch_size=8, **TINY)
+    x = p.get_parsed_content("preprocessing")({"image": str(tmp_path / "x.png")})["image"]
+    assert tuple(x.shape) == (3, 32, 32) and torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
+    net = p.get_parsed_content("network_def")
+    assert net.patch_embedding.patch_embeddings.in_channels == 3 and net(x[None]).shape[-1] == 2
