@@ -88,7 +88,9 @@ def compare(
         "apf": plan_quadtree(
             image, patch_size=patch_size, num_tokens=tokens, mode="fixed", min_size=min_size, blur_kernel=blur_kernel
         ),
-        "uniform": plan_quadtree(image, patch_size=patch_size, num_tokens=tokens, mode="uniform", min_size=uniform_size),
+        "uniform": plan_quadtree(
+            image, patch_size=patch_size, num_tokens=tokens, mode="uniform", min_size=uniform_size
+        ),
     }
     out: dict[str, dict[str, float]] = {}
     for name, meta in plans.items():
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []
     image, mask = he_example(args.svs, args.side)
-    rows.append((f"cmu_small_region.svs @ {args.side}", compare(image, mask, args.tokens, args.patch_size, args.min_size)))
+    rows.append(
+        (f"cmu_small_region.svs @ {args.side}", compare(image, mask, args.tokens, args.patch_size, args.min_size))
+    )
     image, mask = ihc_example()
     rows.append(("skimage ihc.png @ 512", compare(image, mask, args.tokens, args.patch_size, args.min_size)))
     lines = [

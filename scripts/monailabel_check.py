@@ -171,7 +171,7 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
         try:
             with urllib.request.urlopen(url + "/info/", timeout=10) as r:
                 return json.loads(r.read())
-        except (urllib.error.URLError, ConnectionError, socket.timeout):
+        except (TimeoutError, urllib.error.URLError, ConnectionError):
             time.sleep(2)
     raise CheckFailed(f"monailabel server did not answer {url}/info/ within {timeout:.0f} s")
 
@@ -179,7 +179,7 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
 def post_infer(url: str, model: str, image_id: str, output: str, timeout: float = 600) -> tuple[bytes, str, float]:
     query = urllib.parse.urlencode({"image": image_id, "output": output})
     boundary = "monaiextcheck"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{}}\r\n--{boundary}--\r\n").encode()
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n--{boundary}--\r\n').encode()
     req = urllib.request.Request(f"{url}/infer/{model}?{query}", data=body, method="POST",
                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     t0 = time.time()

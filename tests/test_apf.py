@@ -143,7 +143,17 @@ def test_morton_and_zorder_grid():
     expected = sorted(((y, x) for y in range(4) for x in range(4)), key=lambda t: _zkey(*t))
     assert list(zip(rows.tolist(), cols.tolist())) == expected
     rows, cols = zorder_grid(3)  # non power of two: Z-order of the enclosing 4x4 grid, cells inside only
-    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert list(zip(rows.tolist(), cols.tolist())) == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (0, 2),
+        (1, 2),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+    ]
     tokens = np.arange(9 * 2 * 2 * 2, dtype=np.float32).reshape(9, 2, 2, 2)
     grid = tokens_to_grid(tokens)
     assert grid.shape == (2, 6, 6)
@@ -291,7 +301,9 @@ def test_roundtrip_exact_at_minimum_size(shape):
     rng = np.random.default_rng(5)
     img = rng.random(shape).astype(np.float32)
     side = apf_utils.next_pow2(max(shape[1:]))
-    grid, meta = quadtree_patch(img, patch_size=4, mode="fixed", num_tokens=(side // 4) ** 2, edges=np.ones(shape[1:], bool))
+    grid, meta = quadtree_patch(
+        img, patch_size=4, mode="fixed", num_tokens=(side // 4) ** 2, edges=np.ones(shape[1:], bool)
+    )
     leaves = meta["leaves"][meta["mask"]]
     inside = (leaves[:, 0] < shape[1]) & (leaves[:, 1] < shape[2])
     assert (leaves[inside, 2] == 4).all()  # every leaf touching the image is at the minimum size
@@ -305,7 +317,9 @@ def test_roundtrip_exact_at_minimum_size(shape):
 
 def test_unpatch_bilinear_constant_leaves_and_ignores_padding():
     rng = np.random.default_rng(6)
-    meta = plan_quadtree(spatial_shape=(64, 64), edges=sparse_edges(rng, 64, 2), patch_size=4, num_tokens=100, mode="fixed")
+    meta = plan_quadtree(
+        spatial_shape=(64, 64), edges=sparse_edges(rng, 64, 2), patch_size=4, num_tokens=100, mode="fixed"
+    )
     n = meta["num_leaves"]
     assert n < 100
     tokens = np.zeros((100, 2, 4, 4), dtype=np.float32)
@@ -329,11 +343,15 @@ def test_unpatch_bilinear_constant_leaves_and_ignores_padding():
 
 def test_unpatch_bilinear_matches_torch_per_leaf():
     rng = np.random.default_rng(7)
-    meta = plan_quadtree(spatial_shape=(64, 64), edges=sparse_edges(rng, 64, 3), patch_size=4, num_tokens=49, mode="fixed")
+    meta = plan_quadtree(
+        spatial_shape=(64, 64), edges=sparse_edges(rng, 64, 3), patch_size=4, num_tokens=49, mode="fixed"
+    )
     tokens = torch.from_numpy(rng.random((49, 3, 4, 4)).astype(np.float32))
     rec = quadtree_unpatch(tokens, meta, layout="patches")
     for i, (y, x, s) in enumerate(meta["leaves"][: meta["num_leaves"]]):
-        ref = torch.nn.functional.interpolate(tokens[i : i + 1], size=(int(s), int(s)), mode="bilinear", align_corners=False)[0]
+        ref = torch.nn.functional.interpolate(
+            tokens[i : i + 1], size=(int(s), int(s)), mode="bilinear", align_corners=False
+        )[0]
         torch.testing.assert_close(rec[:, y : y + s, x : x + s], ref)
     # argmax: 2 classes go through the resized difference, K > 2 through max; both = argmax of rec
     two = quadtree_unpatch(tokens[:, :2], meta, layout="patches", argmax=True)
@@ -420,7 +438,9 @@ def test_dict_transform_precomputed_edges_and_patches_layout():
     t = AdaptivePatchd("image", patch_size=4, num_tokens=40, edge_key="edges", layout="patches")
     d = t({"image": img, "edges": edges[None]})
     assert d["image"].shape == (40, 1, 4, 4)
-    np.testing.assert_array_equal(d["image_apf"]["leaves"][: d["image_apf"]["num_leaves"]], ref_fixed_tree(edges, 40, 4))
+    np.testing.assert_array_equal(
+        d["image_apf"]["leaves"][: d["image_apf"]["num_leaves"]], ref_fixed_tree(edges, 40, 4)
+    )
     back = AdaptiveUnpatchd("image", layout="patches")(d)["image"]
     assert back.shape == (1, 64, 64)
 

@@ -4,9 +4,8 @@ input's geometry), bad input found before training."""
 
 from __future__ import annotations
 
-import functools
-
 import csv
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_utils import BUNDLES, bundle_cmd, run_bundle
 import torch
+from bundle_utils import BUNDLES, bundle_cmd, run_bundle
 
 from monai_ext.data import btcv
 from monai_ext.utils.checkpoint import load_checkpoint

@@ -174,7 +174,9 @@ def test_vindr_resume_after_sigkill(vindr_data, tmp_path):
 def test_bad_input_found_before_training(vindr_data, tmp_path):
     io = _io(tmp_path, vindr_data)
     missing = tmp_path / "nowhere"
-    proc = run_bundle(VINDR, ["train.yaml"], "training", check=False, image_size=64, **{**io, "dataset_dir": str(missing)})
+    proc = run_bundle(
+        VINDR, ["train.yaml"], "training", check=False, image_size=64, **{**io, "dataset_dir": str(missing)}
+    )
     assert proc.returncode != 0 and f"dataset_dir {missing} does not exist" in proc.stderr
 
     bad = tmp_path / "bad"

@@ -68,7 +68,9 @@ def test_dataset_error_is_the_last_line(tmp_path, configs):
     proc = run_bundle(VINDR, configs, "training" if len(configs) == 1 else "run", check=False, **io)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    want = f"  {data / 'images_64' / '1.png'}: image file missing (listed in {data / 'datalist_64.json'} [validation][1])"
+    want = (
+        f"  {data / 'images_64' / '1.png'}: image file missing (listed in {data / 'datalist_64.json'} [validation][1])"
+    )
     assert _last_lines(proc.stderr, 1) == [want], proc.stderr[-3000:]
     assert "Traceback" not in out and "Failed to evaluate" not in out
     assert not (tmp_path / "models").exists()

@@ -4,17 +4,16 @@ before training."""
 
 from __future__ import annotations
 
-import functools
-
 import csv
+import functools
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_utils import BUNDLES, bundle_cmd, run_bundle, torchrun_bundle
 import torch
+from bundle_utils import BUNDLES, bundle_cmd, run_bundle, torchrun_bundle
 from PIL import Image
 
 from monai_ext.data import paip

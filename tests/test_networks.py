@@ -134,8 +134,20 @@ def test_unetr_bad_patch():
 
 def test_presets_follow_paper_table1():
     p2, p3 = VIT_PRESETS["paper_2d"], VIT_PRESETS["paper_3d"]
-    assert (p2["patch_size"], p2["num_layers"], p2["num_heads"], p2["mlp_dim"], p2["in_channels"]) == (16, 8, 8, 1024, 3)
-    assert (p3["patch_size"], p3["num_layers"], p3["num_heads"], p3["mlp_dim"], p3["in_channels"]) == ((16, 16, 4), 8, 8, 1024, 1)
+    assert (p2["patch_size"], p2["num_layers"], p2["num_heads"], p2["mlp_dim"], p2["in_channels"]) == (
+        16,
+        8,
+        8,
+        1024,
+        3,
+    )
+    assert (p3["patch_size"], p3["num_layers"], p3["num_heads"], p3["mlp_dim"], p3["in_channels"]) == (
+        (16, 16, 4),
+        8,
+        8,
+        1024,
+        1,
+    )
     m = ViT(img_size=(64, 64, 16), classification=True, **vit_preset("tiny_3d"))
     assert m(torch.randn(1, 1, 64, 64, 16)).shape == (1, 2)
     with pytest.raises(ValueError, match="available"):

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class APFBenchSettings:
     config_budget: float = 60.0
     memory_fraction: float = 0.7
     conv_efficiency: float = 0.25
-    threads: Optional[int] = None
+    threads: int | None = None
     seed: int = 0
 
     @property
@@ -173,7 +173,7 @@ class _TrainRun:
         torch.manual_seed(seed)
         model, side = _build(kind, size, patch, tokens, net)
         patcher = None
-        metas: list[Optional[dict[str, Any]]] = []
+        metas: list[dict[str, Any] | None] = []
         xs, ys, ms = [], [], []
         t0 = time.perf_counter()
         leaves = []

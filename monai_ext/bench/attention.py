@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .machine import GIB, MachineInfo, available_memory_bytes
 from .report import artifact_dir, fmt_num, fmt_ratio, md_table, plot_lines, update_section, write_csv
@@ -93,7 +93,7 @@ class AttentionBenchSettings:
     memory_fraction: float = 0.7
     core: bool = True
     profile: bool = True
-    threads: Optional[int] = None
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     #: 3D volumes instead of square 2D images (``sizes`` is then ignored); ``patch3d`` their patch size
@@ -219,7 +219,7 @@ def scaling_pass(s: AttentionBenchSettings) -> list[dict[str, Any]]:
                                                   2.0 if v.quadratic_time else 1.0)
             predictions[key] = pred
             skip = None
-            commands: Optional[list[str]] = None
+            commands: list[str] | None = None
             if key in dead:
                 skip = dead[key]
             else:
@@ -383,7 +383,11 @@ def _target_lines(rows: list[dict[str, Any]], core_rows: list[dict[str, Any]], s
     if not measured:
         return ["- No softmax_free measurement: no target can be assessed."]
     n = target_tokens if target_tokens in measured else max(measured)
-    at = "" if n == target_tokens else f" (largest size run here: {n} tokens, not {target_tokens}: targets are stated for {target_tokens})"
+    at = (
+        ""
+        if n == target_tokens
+        else f" (largest size run here: {n} tokens, not {target_tokens}: targets are stated for {target_tokens})"
+    )
     sf = by[("softmax_free", n)]
     lines = [f"Targets at {n} tokens{at}:"]
 
@@ -588,7 +592,7 @@ def _section(s: AttentionBenchSettings, rows, core_rows, profile_rows, profile_s
     return "\n".join(out) + "\n"
 
 
-def _load() -> Optional[tuple[float, float, float]]:
+def _load() -> tuple[float, float, float] | None:
     import os
 
     try:

@@ -20,7 +20,7 @@ import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 __all__ = [
     "SECTION_ORDER",
@@ -58,7 +58,7 @@ def artifact_dir(md_path: Path) -> Path:
     return md_path.with_suffix("") if md_path.suffix else md_path.parent / (md_path.name + "_files")
 
 
-def read_section(md_path: Path, name: str) -> Optional[str]:
+def read_section(md_path: Path, name: str) -> str | None:
     """The body of section ``name`` (between its markers), or None."""
     md_path = Path(md_path)
     if not md_path.exists():
@@ -96,7 +96,7 @@ def update_section(md_path: Path, name: str, body: str) -> None:
     logger.info("wrote section %r of %s", name, md_path)
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None) -> Path:
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
     """Write ``rows`` (dicts) to ``path``; columns = ``columns`` or the union of keys in first-seen order.
     Floats are written with 6 significant digits; NaN as empty."""
     path = Path(path)
@@ -135,14 +135,14 @@ def fmt_num(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def fmt_ratio(v: Optional[float]) -> str:
+def fmt_ratio(v: float | None) -> str:
     if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
         return "-"
     return f"{v:.2f}x" if v < 10 else f"{v:.1f}x"
 
 
 def md_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
-             formatters: Optional[Mapping[str, Callable[[Any], str]]] = None) -> str:
+             formatters: Mapping[str, Callable[[Any], str]] | None = None) -> str:
     """A markdown table of ``rows``; ``columns`` = ``[(key, header), ...]``."""
     formatters = formatters or {}
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -158,7 +158,7 @@ def md_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str
 
 def plot_lines(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
                ylabel: str, title: str, logx: bool = True, logy: bool = True,
-               hline: Optional[tuple[float, str]] = None) -> Optional[Path]:
+               hline: tuple[float, str] | None = None) -> Path | None:
     """Line plot of ``{label: (xs, ys)}`` (NaN points dropped) to a PNG; returns the path (None if
     matplotlib is missing or nothing is finite)."""
     try:

@@ -18,7 +18,7 @@ import signal
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["Config", "Measurement", "Worker", "WorkerError", "measure_interleaved", "PRELOAD"]
 
@@ -47,8 +47,8 @@ class Config:
     builder: str
     kwargs: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
-    skip: Optional[str] = None
-    commands: Optional[Sequence[str]] = None
+    skip: str | None = None
+    commands: Sequence[str] | None = None
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Measurement:
 
 #: modules the forkserver imports once, so that workers start in well under a second
 PRELOAD = ("torch", "monai.networks.nets", "monai.networks.blocks", "monai_ext.networks", "monai_ext.bench.tasks")
-_CONTEXT: Optional[multiprocessing.context.BaseContext] = None
+_CONTEXT: multiprocessing.context.BaseContext | None = None
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -106,7 +106,7 @@ def _context() -> multiprocessing.context.BaseContext:
 class Worker:
     """Parent side of one worker process (:func:`monai_ext.bench.worker.serve`)."""
 
-    def __init__(self, config: Config, threads: Optional[int] = None, seed: int = 0) -> None:
+    def __init__(self, config: Config, threads: int | None = None, seed: int = 0) -> None:
         from .worker import serve
 
         self.config = config
@@ -177,8 +177,8 @@ def measure_interleaved(
     repeats: int = 3,
     timeout: float = 300.0,
     start_timeout: float = 600.0,
-    config_budget: Optional[float] = None,
-    threads: Optional[int] = None,
+    config_budget: float | None = None,
+    threads: int | None = None,
     seed: int = 0,
 ) -> list[Measurement]:
     """Measure ``commands`` of every configuration: one warm-up each, then ``repeats`` interleaved rounds.

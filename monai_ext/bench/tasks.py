@@ -17,7 +17,7 @@ zero-argument callable, what is timed) and ``info`` (facts such as the parameter
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,9 +53,9 @@ class ModelTask:
         lr: AdamW learning rate.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, loss_fn: Optional[Callable[[Any], torch.Tensor]] = None,
-                 forward: Optional[Callable[[nn.Module, torch.Tensor], Any]] = None, lr: float = 1e-4,
-                 info: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.Tensor] | None = None,
+                 forward: Callable[[nn.Module, torch.Tensor], Any] | None = None, lr: float = 1e-4,
+                 info: dict[str, Any] | None = None) -> None:
         self.model = model
         self.x = x
         self.loss_fn = loss_fn or (lambda out: out.float().square().mean())

@@ -315,7 +315,7 @@ def prepare(
     if n_ready:
         logger.info("%d image(s) already prepared in %s (use --overwrite to redo)", n_ready, out)
     worker = functools.partial(_prepare_image, fmt=format)
-    for case, meta, error in run_cases(worker, todo, workers=workers, desc="VinDr-CXR images"):
+    for case, _meta, error in run_cases(worker, todo, workers=workers, desc="VinDr-CXR images"):
         if error is not None:
             skips.add(case["id"], error)
         else:

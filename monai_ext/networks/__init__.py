@@ -1,5 +1,6 @@
 """Networks: one attention registry, one ViT and one UNETR that take any registered attention."""
 
+from .apf_unetr import APFUNETR
 from .attention import (
     ATTENTION_REGISTRY,
     MultiHeadAttentionBase,
@@ -10,7 +11,6 @@ from .attention import (
     register_attention,
     sequence_norm,
 )
-from .apf_unetr import APFUNETR
 from .unetr import UNETR
 from .vit import VIT_PRESETS, TransferReport, TransformerBlock, ViT, transfer_weights, vit_preset
 

@@ -205,7 +205,10 @@ def to_markdown(blocks: Sequence[Block]) -> str:
             out.append(f"```\n{b[1]}\n```\n")
         elif kind == "table":
             header, rows = b[1], b[2]
-            cells = lambda r: "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
+
+            def cells(r: list) -> str:
+                return "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
+
             out.append("\n".join([cells(header), "|" + "---|" * len(header), *(cells(r) for r in rows)]) + "\n")
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*\n")

@@ -108,7 +108,10 @@ def read_cases_csv(path: Path, task: str) -> tuple[list[dict[str, Any]], list[st
     if not names:
         raise ValueError(f"{path}: no dice_<class> columns (has {cols})")
     has_hd = all(f"hd95_{n}" in cols for n in names)
-    fl = lambda v: float(v) if v not in ("", None) else float("nan")
+
+    def fl(v: object) -> float:
+        return float(v) if v not in ("", None) else float("nan")
+
     out = []
     for r in rows:
         rec: dict[str, Any] = {"case_id": r["case_id"], "dice": [fl(r[f"dice_{n}"]) for n in names],

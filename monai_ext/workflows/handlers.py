@@ -52,11 +52,11 @@ class ResumableCheckpoint:
 
     A run has an id (``YYYYmmdd-HHMMSS-<hash>``) and a configuration hash (see :mod:`monai_ext.workflows.runs`):
     network, optimizer, LR scheduler, training data (datalist, transforms, batch size, sampler), loss, and
-    ``run_definition`` (the bundles give the seed and the loss function). Every checkpoint records both. ``resume=True`` loads the latest
-    ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` only if its hash equals this configuration's; otherwise it
-    stops before training with a :class:`ResumeError` naming both runs and what to do; likewise when that run
-    already finished all its epochs or the checkpoint has no run identity. Without a checkpoint, ``resume``
-    starts a new run (with a warning).
+    ``run_definition`` (the bundles give the seed and the loss function). Every checkpoint records both.
+    ``resume=True`` loads the latest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` only if its hash equals this
+    configuration's; otherwise it stops before training with a :class:`ResumeError` naming both runs and what to do;
+    likewise when that run already finished all its epochs or the checkpoint has no run identity. Without a
+    checkpoint, ``resume`` starts a new run (with a warning).
 
     A new run first moves the previous run's files (``run_files``: checkpoints, ``model.pt``, ``run.json``)
     into ``ckpt_dir/previous/<run id>/``; nothing is deleted or overwritten. It writes ``run.json``.
@@ -81,7 +81,9 @@ class ResumableCheckpoint:
         self.save_interval = save_interval
         self.n_saved = n_saved
         self.prefix = "checkpoint"
-        self.map_location = map_location if map_location is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.map_location = (
+            map_location if map_location is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.run_definition = dict(run_definition or {})
         self.validator = validator
         self.run_files = tuple(run_files)
@@ -110,7 +112,9 @@ class ResumableCheckpoint:
         epoch = _epoch_of(ckpt)
         if info["config_hash"] != self.run.cfg_hash:
             old_parts = info.get("parts", {})
-            differs = sorted(k for k in set(old_parts) | set(self.run.parts) if old_parts.get(k) != self.run.parts.get(k))
+            differs = sorted(
+                k for k in set(old_parts) | set(self.run.parts) if old_parts.get(k) != self.run.parts.get(k)
+            )
             raise ResumeError(
                 f"cannot resume: {path} belongs to run {info['run_id']} (configuration {info['config_hash']}, "
                 f"epoch {epoch} of {info.get('max_epochs')}), but this configuration is {self.run.cfg_hash}"

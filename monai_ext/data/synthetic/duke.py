@@ -92,7 +92,7 @@ def _synth_patient(rng: np.random.Generator, lesion_sides: Sequence[str]) -> dic
     post[heart & body & ~lungs] *= rng.uniform(1.8, 2.4)  # blood pool
     post[muscle & ~lungs] *= rng.uniform(1.1, 1.2)
     bpe_field = 0.5 + 0.5 * _smooth_noise(rng, X.shape, sigma=(2.0, 6.0, 6.0))
-    for side, sgn in (("L", 1.0), ("R", -1.0)):  # background parenchymal enhancement per side
+    for _side, sgn in (("L", 1.0), ("R", -1.0)):  # background parenchymal enhancement per side
         side_fgt = fgt & (np.sign(X) == sgn)
         post[side_fgt] *= 1 + rng.uniform(0.05, 0.35) * np.clip(bpe_field[side_fgt], 0, 2)
 

@@ -86,7 +86,7 @@ def synth_radiograph(rng: np.random.Generator, ctr: float, effusion: bool = Fals
                 rng.uniform(0.04, 0.1)
             )
     # clavicles
-    for sgn in (-1, 1):
+    for _sgn in (-1, 1):
         cl = np.abs(V - (lung_top + 0.02 + 0.15 * np.abs(U - cx))) < 0.012
         img[cl & (np.abs(U - cx) > 0.03) & (np.abs(U - cx) < thorax / 2 + 0.05)] += 0.10
     img = gaussian_filter(img, rng.uniform(0.8, 1.8))

@@ -25,8 +25,9 @@ __all__ = ["extract_patches", "quadtree_patch", "quadtree_unpatch"]
 def _sum_dtype(dtype: np.dtype, block: int) -> np.dtype:
     if np.issubdtype(dtype, np.floating):
         return np.dtype(np.float64)
-    if dtype == bool or (np.issubdtype(dtype, np.unsignedinteger) and dtype.itemsize <= 2):
-        vmax = 1 if dtype == bool else np.iinfo(dtype).max
+    is_bool = dtype == np.dtype(bool)  # np.dtype equality
+    if is_bool or (np.issubdtype(dtype, np.unsignedinteger) and dtype.itemsize <= 2):
+        vmax = 1 if is_bool else np.iinfo(dtype).max
         return np.dtype(np.uint32) if vmax * block * block < 2**32 else np.dtype(np.int64)
     return np.dtype(np.int64)
 
