@@ -97,7 +97,9 @@ def test_prepare_and_batch(raw, tmp_path):
     assert nib.aff2axcodes(aff) == ("R", "A", "S")
     # the resized volume covers the same field of view: its centre stays in place (world mm)
     raw_img = nib.load(str(raw / "imagesTr" / "img0001.nii.gz"))
-    centre = lambda a, shape: a @ np.r_[(np.asarray(shape) - 1) / 2, 1]
+    def centre(a, shape):
+        return a @ np.r_[(np.asarray(shape) - 1) / 2, 1]
+
     assert np.allclose(centre(aff, img.shape), centre(raw_img.affine, raw_img.shape), atol=1e-3)
     assert np.allclose(np.abs(np.diag(aff)[:2]), np.abs(np.diag(raw_img.affine)[:2]) * 2, rtol=1e-5)
     assert set(np.unique(lab)) <= set(range(14)) and {6, 8} <= set(np.unique(lab))
