@@ -89,7 +89,8 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: overlay {overlay!r} of {root.name} needs this file")
-    out_dir = Path(out) if out else root / "eval" / "paper_table" / f"{overlay}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out_dir = Path(out) if out else root / "eval" / "paper_table" / f"{overlay}-{stamp}"
     out_dir = out_dir.resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty; give another --out (nothing is overwritten)")
@@ -114,7 +115,8 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
         n_epochs = _epochs_run(vdir / "models") or common.get("epochs")
         cost = {"variant": name, "overlay": overlay, "epochs": n_epochs, "train_seconds": round(train["seconds"], 2),
                 "seconds_per_epoch": round(train["seconds"] / n_epochs, 3) if n_epochs else None,
-                "peak_rss_mib": None if train["peak_rss_mib"] is None else round(train["peak_rss_mib"], 1), "overrides": {**common, **spec["variants"][name]}}
+                "peak_rss_mib": None if train["peak_rss_mib"] is None else round(train["peak_rss_mib"], 1),
+                "overrides": {**common, **spec["variants"][name]}}
         (vdir / "eval" / "training_cost.json").write_text(json.dumps(cost, indent=2) + "\n")
         eval_dirs.append(vdir / "eval")
     table = compare_table(eval_dirs)

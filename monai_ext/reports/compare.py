@@ -142,7 +142,8 @@ def compare_table(folders: Sequence[str | Path]) -> str:
         out += ["## Segmentation: APF vs uniform patching", "", *_segmentation_table(seg), ""]
     costs = [r for r in runs if r.get("cost")]
     if costs:
-        out += ["## Training cost", "", "| Run | Variant | Epochs | s / epoch | Peak RSS (MiB) |", "|---|---|---|---|---|"]
+        out += ["## Training cost", "", "| Run | Variant | Epochs | s / epoch | Peak RSS (MiB) |",
+                "|---|---|---|---|---|"]
         for r in costs:
             c = r["cost"]
             out.append(f"| {_dataset_label(r)} | {c.get('variant', 'n/a')} | {_fmt(c.get('epochs'))} | "
