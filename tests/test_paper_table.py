@@ -22,10 +22,10 @@ VINDR = BUNDLES / "vindr_cxr_cardiomegaly_classification"
 
 
 def test_peak_rss_of_the_child_is_measured(tmp_path) -> None:
-    """A child that holds 300 MiB reports at least that; a bare interpreter far less."""
-    big = run_measured([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
-                       cwd=tmp_path)
-    small = run_measured([sys.executable, "-c", "pass"], cwd=tmp_path)
+    """A child that holds 300 MiB reports at least that; a bare interpreter far less (not the parent's size)."""
+    hold = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"
+    big = run_measured([sys.executable, "-c", hold], cwd=tmp_path)  # sampled every 0.2 s: hold it a while
+    small = run_measured([sys.executable, "-c", "import time; time.sleep(1)"], cwd=tmp_path)
     assert big["peak_rss_mib"] >= 300 > small["peak_rss_mib"] and big["seconds"] > 0
 
 

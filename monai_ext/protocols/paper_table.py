@@ -44,7 +44,8 @@ def run_measured(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = 
 
     The peak is the child's ``VmHWM`` (Linux), read every ``poll_s`` seconds while it runs: ``ru_maxrss`` of a
     child (``getrusage(RUSAGE_CHILDREN)`` / ``wait4``) starts at the *parent's* resident size at the fork, so
-    it over-reports small children of a large parent. Where ``/proc`` is missing it is None."""
+    it over-reports small children of a large parent. A child shorter than ``poll_s`` may be missed (None or low);
+    where ``/proc`` is missing it is None."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env) if env is not None else None)
     peak: float | None = None
