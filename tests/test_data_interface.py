@@ -90,6 +90,7 @@ def test_cli_options_reach_prepare_and_synthesize(tmp_path, monkeypatch):
         "orientation": "RAS",
         "affine_tol": 1e-2,
         "workers": 1,
+        "protocol": "24-6",
     }
 
 
