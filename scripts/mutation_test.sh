@@ -20,9 +20,11 @@ A=monai_ext.networks.attention
 case "$MODULE" in
   attention)  # the registry, the shared projections, exact softmax, SimA, sequence normalization and the
     # softmax-free module (its fused autograd kernel, _SoftmaxFreeFold / _sfn_fold_graph / _fold_m, is left out)
-    FILE=monai_ext/networks/attention.py
-    SELECT=("$A.x_sequence_norm__*" "$A.x_register_attention__*" "$A.x_check_attention_name__*"
-            "$A.x_build_attention__*" "$A.x__check_mask__*" "$A.x__masked_input__*" "$A.xǁMultiHeadAttentionBaseǁ*"
+    # (sequence_norm and the fold kernel live in networks/sfn_kernel.py: one only_mutate pattern for both files)
+    FILE='monai_ext/networks/*'
+    S=monai_ext.networks.sfn_kernel
+    SELECT=("$S.x_sequence_norm__*" "$A.x_register_attention__*" "$A.x_check_attention_name__*"
+            "$A.x_build_attention__*" "$A.x__check_mask__*" "$S.x__masked_input__*" "$A.xǁMultiHeadAttentionBaseǁ*"
             "$A.xǁSoftmaxAttentionǁ*" "$A.xǁSimAAttentionǁ*" "$A.xǁSoftmaxFreeAttentionǁ*")
     # not the timed test (the FLOP-counted ones cover it) nor TorchScript scripting (cannot script mutmut's trampolines)
     TESTS=(tests/test_attention.py -k 'not scales_linearly and not scripted') ;;

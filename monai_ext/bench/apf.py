@@ -284,7 +284,7 @@ def _target_lines(s: APFBenchSettings, timing, dice, patching, at: int = 1024) -
 
 def _section(s, timing, dice, patching, machine: MachineInfo, command: str, files: dict[str, Path],
              md_dir: Path) -> str:
-    from .attention import _load, files_markdown
+    from .attention_report import _load, files_markdown
 
     out = ["## APF: adaptive patching vs uniform patching (UNETR)", "", machine.markdown(command, _load()), "",
            "Synthetic PAIP-like H&E slides with fine viable-tumour boundaries "

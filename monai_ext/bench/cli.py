@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         t = time.monotonic()
         if target == "attention":
-            from .attention import run_attention_bench
+            from .attention_report import run_attention_bench
 
             s = attention_settings(args)
             summary[target] = run_attention_bench(s, out, machine_for(s.threads), command)

@@ -14,17 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .attention import (
-    AttentionBenchSettings,
-    _check_settings,
-    _load,
-    files_markdown,
-    method_text,
-    scaling_pass,
-    scaling_plots,
-    scaling_table,
-    shape_name,
-)
+from .attention import AttentionBenchSettings, _check_settings, scaling_pass, shape_name
+from .attention_report import _load, files_markdown, method_text, scaling_plots, scaling_table
 from .machine import MachineInfo
 from .report import artifact_dir, fmt_num, update_section, write_csv
 
