@@ -71,6 +71,8 @@ def _classification_blocks(m: Mapping[str, Any], split: str = "test") -> list[Bl
         ("h2", "Discrimination and calibration"),
         ("table", ["metric", f"value ({level}% CI)"], [
             ["AUROC", fmt_interval(m["auroc"])],
+            *([[f"AUPRC (average precision; prevalence {_f(m['auprc']['prevalence'])})", fmt_interval(m["auprc"])]]
+              if m.get("auprc", {}).get("prevalence") is not None else []),
             ["Brier score", _f(m["calibration"]["brier"])],
             [f"expected calibration error ({m['calibration']['n_bins']} bins)", _f(m["calibration"]["ece"])],
         ]),

@@ -178,6 +178,23 @@ def auroc_bootstrap(scores: Any, labels: Any, indices: np.ndarray) -> np.ndarray
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def average_precision(scores: Any, labels: Any) -> float:
+    """Area under the precision-recall curve as scikit-learn's ``average_precision_score`` (step-wise, no
+    interpolation); its chance level is the prevalence of positives."""
+    from sklearn.metrics import average_precision_score
+
+    s, y = _check_binary(scores, labels)
+    return float(average_precision_score(y, s))
+
+
+def average_precision_bootstrap(scores: Any, labels: Any, indices: np.ndarray) -> np.ndarray:
+    """:func:`average_precision` of every row of bootstrap ``indices`` ``(n_samples, n)`` -> ``(n_samples,)``."""
+    from sklearn.metrics import average_precision_score
+
+    s, y = _check_binary(scores, labels)
+    return np.array([average_precision_score(y[row], s[row]) for row in indices], dtype=np.float64)
+
+
 def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of bootstrap ``samples`` along ``axis`` (NaN samples ignored)."""
     alpha = (1.0 - level) / 2.0

@@ -85,7 +85,8 @@ def classification_summary(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Binary classification metrics of the test ``records`` (see the module docstring).
 
-    AUROC with a stratified percentile bootstrap CI (no CI below ``min_ci_cases`` cases: accuracy and AUROC
+    AUROC and AUPRC (average precision; chance = prevalence) with stratified percentile bootstrap CIs (no CI
+    below ``min_ci_cases`` cases: accuracy and AUROC
     count all cases, sensitivity the positives, specificity the negatives); Brier score, expected calibration error;
     accuracy, sensitivity, specificity (with CIs) and the confusion matrix at 0.5 and at a second
     threshold: Youden's J maximised on ``validation_records`` if given, else ``threshold`` (e.g. from a
@@ -126,11 +127,16 @@ def classification_summary(
     if both:
         auc = stats.roc_auc(s, y)
         metrics["auroc"] = _interval(auc, stats.auroc_bootstrap(s, y, idx), ci_level, int(y.size), min_ci_cases)
+        # AUPRC (average precision): informative under class imbalance, where AUROC looks good at low precision
+        ap = _interval(stats.average_precision(s, y), stats.average_precision_bootstrap(s, y, idx), ci_level,
+                       int(y.size), min_ci_cases)
+        metrics["auprc"] = {**ap, "prevalence": n_pos / y.size, "method": "sklearn average_precision_score"}
         fpr, tpr, _ = stats.roc_curve(s, y)
         curves.update(fpr=fpr, tpr=tpr, band=stats.roc_band(s, y, idx, level=ci_level))
     else:
         metrics["auroc"] = {"value": None, "ci_low": None, "ci_high": None,
                             "note": f"undefined: the test split has {n_pos} positive and {n_neg} negative case(s)"}
+        metrics["auprc"] = {"value": None, "ci_low": None, "ci_high": None, "note": metrics["auroc"]["note"]}
     cal = stats.calibration_bins(s, y, n_calibration_bins)
     metrics["calibration"] = {"brier": cal["brier"], "ece": cal["ece"], "n_bins": int(n_calibration_bins)}
     curves["calibration"] = cal
