@@ -145,16 +145,19 @@ def test_torchscript_and_onnx_parity(bundle, tmp_path):
     assert json.loads(extra["metadata.json"])["version"] == meta(bundle)["version"]
     assert "network_def" in json.loads(extra["inference.json"])
 
-    # independent comparison on a fresh input (batch 2), and on the masked path for APF-UNETR
+    # independent comparison on a fresh input (batch 2), and on the masked path for APF-UNETR, whose network
+    # takes the APF pseudo-image (sqrt(num_tokens) * patch_size square) and a leaf mask, not the metadata's image
     info = meta(bundle)["network_data_format"]["inputs"]
-    shape = (int(info["image"]["num_channels"]), *info["image"]["spatial_shape"])
+    uses_mask = hasattr(net, "num_tokens")
+    side = int(net.num_tokens ** 0.5) * net.patch_size if uses_mask else None
+    spatial = [side, side] if uses_mask else info["image"]["spatial_shape"]
+    shape = (int(info["image"]["num_channels"]), *spatial)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
-    uses_mask = "mask" in info
     with torch.no_grad():
         ref = net(x)
         torch.testing.assert_close(ts(x), ref, atol=1e-4, rtol=0)
         if uses_mask:
-            mask = torch.ones(2, *info["mask"]["spatial_shape"], dtype=torch.bool)
+            mask = torch.ones(2, net.num_tokens, dtype=torch.bool)
             mask[0, -7:] = False
             ref_mask = net(x, mask)
             assert (ref_mask - ref).abs().max() > 1e-3, "the mask must matter, else the masked check proves nothing"

@@ -28,10 +28,12 @@ from monai_ext.bundle.registry import (
     resolve_bundle,
 )
 from monai_ext.bundle.verify import (
+    IMAGE_NET_ID,
     SCHEMA_MD5,
     SCHEMA_NAME,
     bundle_parser,
     check_checkpoint,
+    check_image_network,
     check_metadata,
     check_net_in_out,
     export_onnx,
@@ -44,6 +46,7 @@ from monai_ext.bundle.verify import (
 __all__ = [
     "BUNDLE_DATASETS",
     "BUNDLE_NAMES",
+    "IMAGE_NET_ID",
     "LABEL_APP_MARKER",
     "LABEL_HOST",
     "SCHEMA_MD5",
@@ -53,6 +56,7 @@ __all__ = [
     "bundle_parser",
     "bundles_dir",
     "check_checkpoint",
+    "check_image_network",
     "check_metadata",
     "check_net_in_out",
     "export_onnx",

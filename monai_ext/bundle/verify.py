@@ -8,10 +8,15 @@ as :class:`~monai_ext.bundle.registry.BundleError`. Bundle configs are code (the
 ``verify`` is no safety check for an untrusted bundle. Checkpoints are read with ``torch.load(weights_only=True)``
 only (:mod:`monai_ext.utils.checkpoint`).
 
-APF-UNETR takes ``(x, mask)``. MONAI's ``verify_net_in_out`` gets the mask through its ``extra_forward_args``;
-MONAI's ``onnx_export`` can only feed the image, so its ONNX file is the ``mask=None`` graph (every leaf real).
-The inference path the bundle really uses (APFInferer passes the padding mask) is exported in addition, through
-MONAI's ``convert_to_onnx`` with ``(x, mask)`` inputs, and both are compared with the eager network.
+APF bundles: ``metadata.json`` describes what a user sends and gets back (the full preprocessed image, the
+full-resolution logits), i.e. the config item ``image_network`` (:class:`~monai_ext.inferers.InfererNetwork`:
+APF, ``network_def``, unpatching); MONAI's ``verify_net_in_out`` runs on it, and the logits must have the image's
+spatial shape. ``network_def`` (APF-UNETR) takes the pseudo-image ``(C, S, S)`` (``S = sqrt(num_tokens) *
+patch_size``) and the leaf mask ``(x, mask)``: MONAI's ``verify_net_in_out`` gets that shape as a metadata
+override and the mask through its ``extra_forward_args``; MONAI's ``onnx_export`` gets the shape and can only
+feed the image, so its ONNX file is the ``mask=None`` graph (every leaf real). The inference path the bundle
+really uses (APFInferer passes the padding mask) is exported in addition, through MONAI's ``convert_to_onnx``
+with ``(x, mask)`` inputs, and both are compared with the eager network.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,11 +44,13 @@ from monai_ext.utils.checkpoint import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "IMAGE_NET_ID",
     "NET_ID",
     "SCHEMA_MD5",
     "SCHEMA_NAME",
     "bundle_parser",
     "check_checkpoint",
+    "check_image_network",
     "check_metadata",
     "check_net_in_out",
     "export_onnx",
@@ -58,6 +66,8 @@ SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 #: the copy shipped with the package, used when no schema is given
 SCHEMA_FILE = Path(__file__).with_name(SCHEMA_NAME)
 NET_ID = "network_def"
+#: config item of an APF bundle: the whole path of a user's image (APF -> network_def -> unpatching)
+IMAGE_NET_ID = "image_network"
 TS_ATOL = 1e-4
 ONNX_ATOL = 1e-3
 
@@ -152,6 +162,24 @@ def _network(bundle: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         raise BundleError(f"{resolve_bundle(bundle)}/configs/{INFERENCE_CONFIG}: no '{NET_ID}' entry") from None
 
 
+def _patch_space_shape(net: torch.nn.Module) -> tuple[int, int] | None:
+    """``(S, S)`` of the APF pseudo-image an APF-UNETR takes (``S = sqrt(num_tokens) * patch_size``), else None."""
+    if not (hasattr(net, "num_tokens") and hasattr(net, "patch_size")
+            and "mask" in inspect.signature(net.forward).parameters):
+        return None
+    side = math.isqrt(int(net.num_tokens)) * int(net.patch_size)
+    return side, side
+
+
+def _fake_spatial(spatial_shape: Sequence[Any], any_size: int = 2) -> list[int]:
+    """A concrete shape for a metadata ``spatial_shape``: integers kept, ``"*"`` (any size) -> ``any_size``."""
+    try:
+        return [any_size if s == "*" else int(s) for s in spatial_shape]
+    except (TypeError, ValueError):
+        raise BundleError(f"metadata spatial_shape {list(spatial_shape)}: only integers and '*' are supported "
+                          f"here") from None
+
+
 def _example_inputs(bundle: str | Path, net: torch.nn.Module, batch: int = 1, seed: int = 0,
                     overrides: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A random input of the metadata's image shape, and the network's extra forward arguments.
@@ -164,7 +192,9 @@ def _example_inputs(bundle: str | Path, net: torch.nn.Module, batch: int = 1, se
     parser = bundle_parser(bundle, overrides=overrides)
     inputs = parser.get("_meta_#network_data_format#inputs")
     info = inputs["image"]
-    shape = (batch, int(info["num_channels"]), *[int(s) for s in info["spatial_shape"]])
+    patch_space = _patch_space_shape(net)
+    spatial = patch_space if patch_space is not None else _fake_spatial(info["spatial_shape"])
+    shape = (batch, int(info["num_channels"]), *spatial)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(shape, generator=gen)
     params = inspect.signature(net.forward).parameters
@@ -186,20 +216,61 @@ def _example_inputs(bundle: str | Path, net: torch.nn.Module, batch: int = 1, se
 
 
 def check_net_in_out(bundle: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
-    """MONAI's ``verify_net_in_out`` (net id ``network_def``, inference config, CPU); APF-UNETR also gets its
-    leaf mask through ``extra_forward_args``."""
+    """MONAI's ``verify_net_in_out`` (net id ``network_def``, inference config, CPU); APF-UNETR gets its
+    pseudo-image shape as a metadata override and its leaf mask through ``extra_forward_args``. A bundle with an
+    ``image_network`` item also gets :func:`check_image_network` (the path its metadata describes)."""
     from monai.bundle import verify_net_in_out
 
     root = resolve_bundle(bundle)
     net = _network(root, overrides)
-    _, extra = _example_inputs(root, net, overrides=overrides)
+    x, extra = _example_inputs(root, net, overrides=overrides)
+    meta_over = {}
+    if _patch_space_shape(net) is not None:
+        meta_over["_meta_#network_data_format#inputs#image#spatial_shape"] = list(x.shape[2:])
     try:
         verify_net_in_out(net_id=NET_ID, meta_file=str(root / "configs" / "metadata.json"),
                           config_file=str(root / "configs" / INFERENCE_CONFIG), device="cpu",
-                          extra_forward_args=extra, bundle_root=str(root), **dict(overrides or {}))
+                          extra_forward_args=extra, bundle_root=str(root), **{**dict(overrides or {}), **meta_over})
     except (ValueError, RuntimeError) as e:
         raise BundleError(f"{root / 'configs'}: network_def does not match metadata.json's network_data_format: "
                           f"{e}") from None
+    if bundle_parser(root, overrides=overrides).get(IMAGE_NET_ID) is not None:
+        check_image_network(root, overrides)
+
+
+def check_image_network(bundle: str | Path, overrides: Mapping[str, Any] | None = None,
+                        any_size: int = 2) -> tuple[int, ...]:
+    """The real inference path of an APF bundle against its metadata: MONAI's ``verify_net_in_out`` on the config
+    item ``image_network`` (image -> APF -> ``network_def`` -> unpatching; input of the metadata's image shape,
+    ``"*"`` = ``any_size``), then the logits ``(1, K, *spatial)`` must have the image's spatial shape, so that
+    the label map (argmax) has the input's shape. Returns the label shape."""
+    from monai.bundle import verify_net_in_out
+
+    root = resolve_bundle(bundle)
+    meta_file = root / "configs" / "metadata.json"
+    where = f"{root / 'configs' / INFERENCE_CONFIG}: {IMAGE_NET_ID}"
+    try:
+        verify_net_in_out(net_id=IMAGE_NET_ID, meta_file=str(meta_file),
+                          config_file=str(root / "configs" / INFERENCE_CONFIG), device="cpu", any=any_size,
+                          bundle_root=str(root), **dict(overrides or {}))
+    except (ValueError, RuntimeError) as e:
+        raise BundleError(f"{where} does not match metadata.json's network_data_format: {e}") from None
+    parser = bundle_parser(root, overrides=overrides)
+    fmt = parser.get("_meta_#network_data_format")
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    spatial = _fake_spatial(image["spatial_shape"], any_size)
+    net = parser.get_parsed_content(IMAGE_NET_ID, instantiate=True).eval()
+    x = torch.rand(1, int(image["num_channels"]), *spatial, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = net(x)
+    want = (1, int(pred["num_channels"]), *spatial)
+    if tuple(logits.shape) != want:
+        raise BundleError(f"{where}: an image {tuple(x.shape)} gives logits {tuple(logits.shape)}, expected {want} "
+                          f"(full resolution, {pred['num_channels']} channels of {meta_file.name})")
+    label = logits.argmax(dim=1)[0]
+    logger.info("%s: %s %s -> logits %s -> label %s", root.name, IMAGE_NET_ID, tuple(x.shape), tuple(logits.shape),
+                tuple(label.shape))
+    return tuple(label.shape)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -308,10 +379,10 @@ def export_onnx(bundle: str | Path, ckpt: str | Path, filepath: str | Path,
     net = check_checkpoint(root, ckpt, overrides)
     filepath = Path(filepath)
     filepath.parent.mkdir(parents=True, exist_ok=True)
+    x, extra = _example_inputs(root, net, batch=1, seed=1, overrides=overrides)
     onnx_export(net_id=NET_ID, filepath=str(filepath), ckpt_file=str(ckpt),
                 meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / INFERENCE_CONFIG),
-                bundle_root=str(root), **dict(overrides or {}))
-    x, extra = _example_inputs(root, net, batch=1, seed=1, overrides=overrides)
+                input_shape=list(x.shape), bundle_root=str(root), **dict(overrides or {}))
     with torch.no_grad():
         diffs = {"image": _max_diff(_ort_run(filepath, [x]), net(x))}
         if extra:

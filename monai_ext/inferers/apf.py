@@ -12,7 +12,7 @@ from monai.inferers import Inferer, SliceInferer
 
 from ..transforms.apf.array import AdaptivePatch, AdaptiveUnpatch
 
-__all__ = ["APFInferer"]
+__all__ = ["APFInferer", "InfererNetwork"]
 
 
 class APFInferer(Inferer):
@@ -83,3 +83,22 @@ class APFInferer(Inferer):
                                   mode="constant", progress=False)
             return slices(inputs, lambda x: torch.stack(self._run(list(x), network, args, kwargs)))
         raise ValueError(f"APFInferer expects (B, C, H, W) or (B, C, H, W, D) input, got {tuple(inputs.shape)}")
+
+
+class InfererNetwork(torch.nn.Module):
+    """A network and its inferer as one module: ``forward(x) = inferer(x, network)``.
+
+    For APF-UNETR this is the path of a user's image, ``(B, C, H, W)`` or ``(B, C, H, W, D)`` (preprocessed) ->
+    APF -> ``network`` on the pseudo-images with their leaf masks -> unpatching -> full-resolution logits
+    ``(B, K, H, W)`` or ``(B, K, H, W, D)``, which is what an APF bundle's metadata describes. MONAI's
+    ``verify_net_in_out`` can then check that path (``net_id`` of this config item). ``network`` is a
+    submodule, so ``to``/``eval``/``state_dict`` reach it (keys prefixed ``network.``).
+    """
+
+    def __init__(self, inferer: Callable[..., torch.Tensor], network: torch.nn.Module) -> None:
+        super().__init__()
+        self.inferer = inferer
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inferer(x, self.network)
