@@ -2,18 +2,23 @@
 # Mutation testing (mutmut 3) of the core modules with fast, targeted test selections. Not in CI: 10-60 min per
 # module on 2 cores. Scores and surviving mutants: docs/testing.md.
 #
-#   bash scripts/mutation_test.sh MODULE [WORKDIR]
+#   bash scripts/mutation_test.sh MODULE [WORKDIR [FUNCTION ...]]
 #
 # MODULE: attention | apf | stats | checks | checkpoint (the case list below says what each mutates and runs).
 # The committed tree (git archive HEAD; REF=<commit> for another one) is unpacked into WORKDIR (default: a new
 # temporary folder) and mutated there; the checkout itself is never touched. Run again with the same WORKDIR to
-# continue an interrupted run. mutmut is installed into .venv when missing (pip install mutmut; never torch).
-# Threads: OMP_NUM_THREADS=1, MUTMUT_CHILDREN parallel mutants (default 2).
+# continue an interrupted run. FUNCTION: mutant-name patterns that replace the module's selection, to re-measure
+# only the functions whose tests changed (e.g. 'monai_ext.utils.checkpoint.x__weights_only__*'). mutmut is
+# installed into .venv when missing (pip install mutmut; never torch).
+# Threads: OMP_NUM_THREADS=1, MUTMUT_CHILDREN parallel mutants (default 2). Timeouts: mutmut's wall limit is
+# (estimated test time + 1 s) * MUTMUT_TIMEOUT_MULTIPLIER (default 60; mutmut's own 15 gave spurious timeouts,
+# counted as killed, on the loaded 2-core machine); changing it re-runs only the timed-out mutants.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
 MODULE="${1:?usage: $0 attention|apf|stats|checks|checkpoint [WORKDIR]}"
 WORK="${2:-$(mktemp -d -t monai_ext_mutation.XXXXXX)}"
+shift $(( $# < 2 ? $# : 2 ))
 REF="${REF:-HEAD}"
 
 A=monai_ext.networks.attention
@@ -54,15 +59,16 @@ case "$MODULE" in
   checks)  # the bundles' datalist checks run before training
     FILE=monai_ext/workflows/checks.py
     SELECT=("monai_ext.workflows.checks.*")
-    TESTS=(tests/test_workflows.py tests/test_prepare_checks.py) ;;
+    TESTS=(tests/test_workflows.py tests/test_prepare_checks.py tests/test_checks_datalist.py) ;;
   checkpoint)  # the one checkpoint loader (weights_only=True)
     FILE=monai_ext/utils/checkpoint.py
     SELECT=("monai_ext.utils.checkpoint.*")
     # (not the test that parses the package source: it reads the mutated file)
-    TESTS=(tests/test_checkpoint.py tests/test_networks.py
+    TESTS=(tests/test_checkpoint.py tests/test_checkpoint_convert.py tests/test_networks.py
            -k 'not no_weights_only_false and (test_checkpoint or transfer or compare_state_dict)') ;;
   *) echo "unknown module '$MODULE' (attention, apf, stats, checks, checkpoint)" >&2; exit 2 ;;
 esac
+if [ $# -gt 0 ]; then SELECT=("$@"); fi
 
 "$PY" -c "import mutmut" 2>/dev/null || "$PY" -m pip install -q mutmut
 mkdir -p "$WORK"
@@ -86,6 +92,7 @@ fi
   echo "    -p"
   echo "    no:cacheprovider"
   echo "process_isolation = forkserver"
+  echo "timeout_multiplier = ${MUTMUT_TIMEOUT_MULTIPLIER:-60}"
 } > "$WORK/setup.cfg"
 
 cd "$WORK"

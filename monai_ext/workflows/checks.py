@@ -123,7 +123,7 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
     problems: list[str] = []
     counts: dict[str, int] = {}
     for split in splits:
-        items = load_datalist(root, split, datalist)
+        items = load_datalist(root, split, datalist, path_keys=(image_key, label_key))
         counts[split] = len(items)
         if not items:
             problems.append(f"{root / datalist}: split {split!r} is empty")
@@ -134,6 +134,8 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                 problems.append(f"{root / datalist}: split {split!r} ({len(items)} cases) has no case of class "
                                 f"{missing}: its metric would be undefined (nan)")
         for i, item in enumerate(items):
+            if len(problems) >= max_problems:
+                break
             where = f"{root / datalist} [{split}][{i}]"
             img = item.get(image_key)
             if not isinstance(img, str):
@@ -186,10 +188,9 @@ def check_datalist(dataset_dir: str | Path, datalist: str = "datalist.json",
                 if bad.size:
                     problems.append(f"{lab_path}: label values {bad[:10].tolist()} outside the declared classes "
                                     f"0..{num_classes - 1}")
-            if len(problems) >= max_problems:
-                break
     if problems:
         more = "" if len(problems) < max_problems else f"\n  (stopped after {max_problems} problems)"
+        problems = problems[:max_problems]
         raise DatasetError(f"dataset {root} has {len(problems)} problem(s):\n  " + "\n  ".join(problems) + more)
     logger.info("dataset %s ok: %s", root, counts)
     return counts
