@@ -1,16 +1,24 @@
-"""``convert_checkpoint`` on every kind of value an old pickled checkpoint holds, and its refusals (blind spots
-found by mutation testing of ``monai_ext.utils.checkpoint``, see docs/testing.md)."""
+"""``convert_checkpoint`` on every kind of value an old pickled checkpoint holds, and its refusals;
+``state_dict_of`` on what is not a state dict; the transfer summary's parameter names (blind spots found by
+mutation testing of ``monai_ext.utils.checkpoint``, see docs/testing.md)."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_ext.utils.checkpoint import CheckpointError, convert_checkpoint, load_checkpoint
+from monai_ext.utils.checkpoint import (
+    CheckpointError,
+    TransferReport,
+    convert_checkpoint,
+    load_checkpoint,
+    state_dict_of,
+)
 
 LEGACY = f"{__name__}._Legacy"
 
@@ -93,3 +101,24 @@ def test_convert_checkpoint_refusals_name_the_file(tmp_path):
         with pytest.raises(CheckpointError, match=rf"{dst}: already exists; choose a new output file"):
             convert_checkpoint(tmp_path / "ok.pt", tmp_path / dst, trust_pickle=True)
     assert (tmp_path / "taken.pt").read_bytes() == b"keep" and not (tmp_path / "nowhere.pt").exists()
+
+
+def test_state_dict_of_refuses_what_is_not_a_state_dict_and_keeps_prefixes_on_request():
+    w = torch.ones(2)
+    cases = (({}, "top-level keys []"), ([w], "a list"), (w, "a Tensor"),
+             ({"model": {}}, "top-level keys ['model']"), ({"model": {"w": 1}}, "top-level keys ['model']"))
+    for obj, found in cases:
+        with pytest.raises(CheckpointError, match=re.escape(f"x.pt: no state dict of tensors found ({found}; ")):
+            state_dict_of(obj, "x.pt")
+    state = {"module._orig_mod.a": w, "_orig_mod.module.b": w, "c": w}
+    assert list(state_dict_of(state)) == ["a", "b", "c"]  # nested wrappers, in either order
+    kept = state_dict_of({"network": state}, strip_prefixes=False)
+    assert type(kept) is dict and list(kept) == list(state) and kept["c"] is w
+    assert list(state_dict_of({"net": {"a": w}, "model": {"b": w}})) == ["b"]  # CKPT_KEYS order, not the file's
+    assert list(state_dict_of({"weights": {"a": w}, "step": 1}, keys=("weights",))) == ["a"]
+
+
+def test_transfer_summary_names_the_new_parameters_by_their_last_part():
+    report = TransferReport(copied=["head.weight"], new=["scale", "blocks.0.attn.q_gamma", "blocks.1.attn.q_gamma"],
+                            mismatched=["head.bias"])
+    assert report.summary() == "copied 1 tensors, initialized 3 new (q_gamma, scale), 0 unused, 1 shape-mismatched"
