@@ -64,7 +64,7 @@ case "$MODULE" in
     FILE=monai_ext/utils/checkpoint.py
     SELECT=("monai_ext.utils.checkpoint.*")
     # (not the test that parses the package source: it reads the mutated file)
-    TESTS=(tests/test_checkpoint.py tests/test_checkpoint_convert.py tests/test_networks.py
+    TESTS=(tests/test_checkpoint.py tests/test_checkpoint_edges.py tests/test_networks.py
            -k 'not no_weights_only_false and (test_checkpoint or transfer or compare_state_dict)') ;;
   *) echo "unknown module '$MODULE' (attention, apf, stats, checks, checkpoint)" >&2; exit 2 ;;
 esac
