@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_ext.data.limits import ENV_BYTES, ENV_PIXELS
+from monai_ext.data.limits import ENV_BYTES, ENV_PIXELS, SizeLimitError
+from monai_ext.workflows import checks
 from monai_ext.workflows.checks import DatasetError, check_datalist, load_datalist
 
 
@@ -171,6 +172,9 @@ def test_size_limits_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_PIXELS, "20")
     monkeypatch.setenv(ENV_BYTES, "80")  # 20 elements as float32
     assert check_datalist(tmp_path, splits=("training",)) == {"training": 2}
+    monkeypatch.setenv(ENV_BYTES, "79")
+    with pytest.raises(DatasetError, match=r"a\.png: image header declares 4x5x1 = 20 elements \(80 B decoded\)"):
+        check_datalist(tmp_path, splits=("training",))
 
     monkeypatch.delenv(ENV_PIXELS)
     _nifti(tmp_path / "img.nii.gz", np.zeros((8, 8, 2), np.float32))  # 128 elements: 512 B as float32
@@ -192,3 +196,13 @@ def test_load_datalist_other_path_keys_keep_non_strings(tmp_path):
     _write(tmp_path, {"training": [{"image": "a.png", "mask": "m.png", "weight": 2, "ref": 3}]})
     items = load_datalist(tmp_path, "training", path_keys=("image", "mask", "weight"))
     assert items == [{"image": str(tmp_path / "a.png"), "mask": str(tmp_path / "m.png"), "weight": 2, "ref": 3}]
+
+
+def test_label_values_are_read_as_one_byte_per_voxel(tmp_path, monkeypatch):
+    """A label volume is decoded as uint8: it fits a byte limit its float32 image would not."""
+    _nifti(tmp_path / "lab.nii.gz", np.tile(np.array([0, 2, 1], np.uint8), (4, 4, 1)))  # 48 voxels
+    monkeypatch.setenv(ENV_BYTES, "48")
+    np.testing.assert_array_equal(checks._label_values(tmp_path / "lab.nii.gz"), [0, 1, 2])
+    monkeypatch.setenv(ENV_BYTES, "47")
+    with pytest.raises(SizeLimitError, match=r"lab\.nii\.gz: NIfTI header declares 4x4x3 = 48 elements \(48 B"):
+        checks._label_values(tmp_path / "lab.nii.gz")
