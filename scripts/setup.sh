@@ -18,4 +18,9 @@ fi
 extra=""
 if [ "${1:-}" = "test" ]; then extra="[test]"; fi
 .venv/bin/python -m pip install -q -e ".${extra}"
+if [ -n "$extra" ]; then
+    # timm: the XCA test runs timm's own XCiT attention code. Without its dependencies: timm pulls torchvision,
+    # whose PyPI build needs a CUDA torch (it would replace the CPU torch, or fail to import next to it).
+    .venv/bin/python -m pip install -q --no-deps "timm>=1.0,<2"
+fi
 echo "environment ready: $(.venv/bin/python -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)')"

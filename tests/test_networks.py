@@ -67,7 +67,7 @@ def test_unetr_patch16_uses_layers_3_6_9():
         (dict(img_size=(30, 32), patch_size=8), "not divisible by patch_size"),
         (dict(img_size=(32, 32, 32), patch_size=8), "spatial_dims=2"),
         (dict(img_size=(32, 32), patch_size=8, spatial_dims=4), "spatial_dims must be 2 or 3"),
-        (dict(img_size=(32, 32), patch_size=8, attention="linformer"), "registered attention types"),
+        (dict(img_size=(32, 32), patch_size=8, attention="nystromformer"), "registered attention types"),
         (dict(img_size=(32, 32), patch_size=8, hidden_size=30, num_heads=4), "divisible by num_heads"),
     ],
 )

@@ -1,4 +1,5 @@
-"""Networks: one attention registry, one ViT and one UNETR that take any registered attention."""
+"""Networks: one attention registry (incl. the efficient-attention zoo), one ViT and one UNETR that take any
+registered attention."""
 
 from .apf_unetr import APFUNETR
 from .attention import (
@@ -7,9 +8,17 @@ from .attention import (
     SimAAttention,
     SoftmaxAttention,
     SoftmaxFreeAttention,
+    block_attention_kwargs,
     build_attention,
     register_attention,
     sequence_norm,
+)
+from .efficient_attention import (
+    FastformerAttention,
+    LinformerAttention,
+    PerformerAttention,
+    WindowAttention,
+    XCAttention,
 )
 from .unetr import UNETR
 from .vit import VIT_PRESETS, TransferReport, TransformerBlock, ViT, transfer_weights, vit_preset
@@ -17,6 +26,12 @@ from .vit import VIT_PRESETS, TransferReport, TransformerBlock, ViT, transfer_we
 __all__ = [
     "ATTENTION_REGISTRY",
     "MultiHeadAttentionBase",
+    "block_attention_kwargs",
+    "FastformerAttention",
+    "LinformerAttention",
+    "PerformerAttention",
+    "WindowAttention",
+    "XCAttention",
     "SimAAttention",
     "SoftmaxAttention",
     "SoftmaxFreeAttention",

@@ -5,6 +5,8 @@ pseudo-image ``(C, S*p, S*p)`` holding ``L = S*S`` leaves, each resized to ``p x
 the ``i``-th cell of a Z-curve over the ``S x S`` grid. A UNETR with patch size ``p`` on that
 pseudo-image sees exactly one token per leaf. Padded leaves (fixed-length mode pads to ``L``) are
 masked out of attention. With the ``uniform`` APF mode the same network is the plain UNETR baseline.
+The leaves are not spatial neighbours on that grid, so attention types that need the token grid
+(``window``, ``xca`` with local patch interaction) are refused here with a clear error.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class APFUNETR(nn.Module):
         self.side = side
         self.patch_size = patch_size
         self.unetr = UNETR(in_channels, out_channels, img_size=(side * patch_size, side * patch_size),
-                           patch_size=patch_size, spatial_dims=2, **unetr_kwargs)
+                           patch_size=patch_size, spatial_dims=2, token_grid=False, **unetr_kwargs)
         rows, cols = zorder_grid(side)
         # leaf i sits at raster token rows[i] * S + cols[i]
         self.register_buffer("leaf_to_token", torch.as_tensor(rows * side + cols, dtype=torch.long),

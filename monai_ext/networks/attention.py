@@ -4,6 +4,11 @@ Every registered module has the same constructor and call signature::
 
     attn = build_attention(name, hidden_size=C, num_heads=h, qkv_bias=False, dropout_rate=0.0)
     y = attn(x, mask)      # x: (B, N, C) -> y: (B, N, C); mask: optional bool (B, N), True = real token
+    y = attn(x, mask, grid_shape)  # grid_shape: optional token grid, e.g. [14, 14] or [8, 8, 4]
+
+``grid_shape`` tells the types that need the spatial layout (``window``, ``xca``'s local patch
+interaction; :mod:`monai_ext.networks.efficient_attention`) how the last ``prod(grid_shape)`` tokens lie
+on the grid (row-major); leading extra tokens (a class token) are not on it. All other types ignore it.
 
 ``mask`` is a key-padding mask: padded tokens (``False``) contribute nothing to the output of
 real tokens -- not as keys/values and not to any statistic computed over the sequence. The
@@ -22,14 +27,15 @@ Registered types:
   per channel and head; no softmax, no scale; ``(Q K^T) V`` or ``Q (K^T V)``, whichever is cheaper
   (``N <= d`` or not).
 
-New types are added with :func:`register_attention`.
+New types are added with :func:`register_attention`; the efficient-attention zoo (``linformer``,
+``performer``, ``fastformer``, ``xca``, ``window``) lives in :mod:`monai_ext.networks.efficient_attention`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Optional  # typing.Optional: TorchScript of older torch versions
+from typing import Any, List, Optional  # typing.Optional/List: TorchScript of older torch versions
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +52,7 @@ __all__ = [
     "SoftmaxFreeAttention",
     "SimAAttention",
     "sequence_norm",
+    "block_attention_kwargs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +83,21 @@ def check_attention_name(name: str) -> str:
 def build_attention(name: str, **kwargs) -> nn.Module:
     """Instantiate the registered attention ``name`` (ValueError listing the names if unknown)."""
     return ATTENTION_REGISTRY[check_attention_name(name)](**kwargs)
+
+
+def block_attention_kwargs(name: str, block_index: int, num_tokens: int, grid_shape: Optional[List[int]],
+                           user_kwargs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Keyword arguments of the attention in block ``block_index`` of a network whose blocks see
+    ``num_tokens`` tokens (``grid_shape``: their grid, None if they do not form one).
+
+    A type may define ``block_defaults(block_index, num_tokens, grid_shape) -> dict`` (e.g. ``window``
+    shifts every second block, ``linformer`` sizes its projection to ``num_tokens``); ``user_kwargs``
+    override those defaults. Types without it get ``user_kwargs`` only.
+    """
+    cls = ATTENTION_REGISTRY[check_attention_name(name)]
+    hook = getattr(cls, "block_defaults", None)
+    defaults = hook(block_index, num_tokens, grid_shape) if hook is not None else {}
+    return {**defaults, **dict(user_kwargs or {})}
 
 
 def _check_mask(x: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
@@ -144,11 +166,13 @@ class MultiHeadAttentionBase(nn.Module):
         """``(B, h, N, d)`` x3 -> ``(B, h, N, d)``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                grid_shape: Optional[List[int]] = None) -> torch.Tensor:
         """
         Args:
             x: ``(B, N, C)`` tokens.
             mask: optional ``(B, N)`` bool, True for real tokens, False for padding.
+            grid_shape: optional token grid (ignored by the types in this module).
         Returns:
             ``(B, N, C)``; zero at padded positions.
         """
@@ -219,8 +243,10 @@ class SoftmaxFreeAttention(MultiHeadAttentionBase):
         self.v_gamma = nn.Parameter(torch.ones(self.inner_dim))
         self.v_beta = nn.Parameter(torch.zeros(self.inner_dim))
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, N, C)`` tokens, optional ``(B, N)`` bool mask -> ``(B, N, C)``, zero at padded positions."""
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                grid_shape: Optional[List[int]] = None) -> torch.Tensor:
+        """``(B, N, C)`` tokens, optional ``(B, N)`` bool mask -> ``(B, N, C)``, zero at padded positions
+        (``grid_shape`` is ignored)."""
         _check_mask(x, mask)
         qkv = self.qkv(x)
         if torch.jit.is_scripting() or torch.jit.is_tracing():
@@ -256,8 +282,8 @@ def _compiled_fold_graph(backend: str) -> Callable[..., torch.Tensor]:
     return _COMPILED[backend]
 
 
-def _softmax_free_reference(attn: SoftmaxFreeAttention, x: torch.Tensor,
-                            mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _softmax_free_reference(attn: SoftmaxFreeAttention, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                            grid_shape: Optional[List[int]] = None) -> torch.Tensor:
     """The unfolded formula (the implementation before the fold; the tests' reference): normalized
     ``Q~``, ``K~``, ``V~`` materialized, padded tokens zeroed in ``K~`` and ``V~``, ``Q~ (K~^T V~) / N``."""
     _check_mask(x, mask)

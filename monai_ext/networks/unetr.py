@@ -42,7 +42,7 @@ class UNETR(nn.Module):
         patch_size: isotropic power-of-two patch size (>= 2); the decoder has ``log2(patch_size)`` stages.
         num_layers: transformer depth (12 in the UNETR paper).
         attention: registered attention name.
-        dim_head, attention_kwargs: passed to :class:`~monai_ext.networks.vit.ViT`.
+        dim_head, attention_kwargs, token_grid: passed to :class:`~monai_ext.networks.vit.ViT`.
 
     Shapes:
         ``x``: ``(B, in_channels, *img_size)``; ``mask``: optional bool ``(B, N)`` over patch tokens
@@ -55,7 +55,7 @@ class UNETR(nn.Module):
                  num_layers: int = 12, norm_name: tuple | str = "instance", conv_block: bool = True,
                  res_block: bool = True, dropout_rate: float = 0.0, spatial_dims: int = 3, qkv_bias: bool = False,
                  attention: str = "softmax_free", dim_head: Optional[int] = None,
-                 attention_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+                 attention_kwargs: Optional[Mapping[str, Any]] = None, token_grid: bool = True) -> None:
         super().__init__()
         if not isinstance(patch_size, int):
             ps = tuple(patch_size)
@@ -73,7 +73,7 @@ class UNETR(nn.Module):
         self.vit = ViT(in_channels=in_channels, img_size=img, patch_size=patch_size, hidden_size=hidden_size,
                        mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, spatial_dims=spatial_dims,
                        classification=False, dropout_rate=dropout_rate, qkv_bias=qkv_bias, attention=attention,
-                       dim_head=dim_head, attention_kwargs=attention_kwargs)
+                       dim_head=dim_head, attention_kwargs=attention_kwargs, token_grid=token_grid)
         self.skip_layer_ids = skip_layers(num_layers, self.num_stages)
         k = self.num_stages
         self.encoder1 = UnetrBasicBlock(spatial_dims, in_channels, feature_size, kernel_size=3, stride=1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 from monai.networks.blocks import MLPBlock, PatchEmbeddingBlock
@@ -21,7 +21,7 @@ from monai_ext.utils.checkpoint import (  # one checkpoint loader (weights only)
     transfer_weights,
 )
 
-from .attention import build_attention, check_attention_name
+from .attention import block_attention_kwargs, build_attention, check_attention_name
 
 __all__ = ["ViT", "TransformerBlock", "VIT_PRESETS", "vit_preset", "transfer_weights", "TransferReport"]
 
@@ -93,7 +93,7 @@ class LayerScale(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + Attn(LN(x), mask)``, then ``x + MLP(LN(x))``. ``(B, N, C) -> (B, N, C)``.
+    """Pre-norm block: ``x + Attn(LN(x), mask, grid_shape)``, then ``x + MLP(LN(x))``. ``(B, N, C) -> (B, N, C)``.
     With ``layer_scale``, each branch is multiplied by a learnable per-channel scale starting there."""
 
     def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float = 0.0,
@@ -109,8 +109,9 @@ class TransformerBlock(nn.Module):
         self.ls1: nn.Module = LayerScale(hidden_size, layer_scale) if layer_scale is not None else nn.Identity()
         self.ls2: nn.Module = LayerScale(hidden_size, layer_scale) if layer_scale is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), mask))
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                grid_shape: Optional[List[int]] = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), mask, grid_shape))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -140,6 +141,10 @@ class ViT(nn.Module):
         layer_scale: if set, every residual branch is scaled by a learnable per-channel factor
             initialised to this value (CaiT's LayerScale, e.g. ``1e-2``); each block then starts
             near the identity, which helps small data (see the DUKE bundle's README).
+        token_grid: the patch tokens form the ``img_size / patch_size`` grid and the attention is told so
+            (``grid_shape``; ``window`` and ``xca``'s local patch interaction need it). False where the
+            tokens are not spatial neighbours (APF-UNETR's quadtree leaves): such attention types then
+            raise a ValueError here.
 
     Shapes:
         ``x``: ``(B, in_channels, *img_size)``; ``mask``: optional ``(B, N)`` bool over the
@@ -153,7 +158,7 @@ class ViT(nn.Module):
                  spatial_dims: int = 3, classification: bool = False, num_classes: int = 2,
                  dropout_rate: float = 0.0, qkv_bias: bool = False, attention: str = "softmax_free",
                  dim_head: Optional[int] = None, attention_kwargs: Optional[Mapping[str, Any]] = None,
-                 pooling: str = "cls", layer_scale: Optional[float] = None) -> None:
+                 pooling: str = "cls", layer_scale: Optional[float] = None, token_grid: bool = True) -> None:
         super().__init__()
         check_attention_name(attention)
         if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(layer_scale, (int, float))
@@ -184,11 +189,19 @@ class ViT(nn.Module):
             hidden_size=hidden_size, num_heads=num_heads if dim_head is None else 1,
             proj_type="conv", pos_embed_type="learnable", dropout_rate=dropout_rate, spatial_dims=spatial_dims,
         )
+        self.token_grid = bool(token_grid)
+        self.grid_list: List[int] = [int(g) for g in self.grid_size]
+        grid = self.grid_list if self.token_grid else None
+        n_tokens = self.num_patches + (1 if classification else 0)
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, attention, dim_head,
-                             attention_kwargs, layer_scale)
-            for _ in range(num_layers)
+                             block_attention_kwargs(attention, i, n_tokens, grid, attention_kwargs), layer_scale)
+            for i in range(num_layers)
         )
+        if not self.token_grid and any(getattr(b.attn, "needs_grid", False) for b in self.blocks):
+            raise ValueError(f"attention {attention!r} needs the tokens' spatial grid, but this network's tokens "
+                             "do not form one (token_grid=False, e.g. APF-UNETR's quadtree leaves); choose another "
+                             "attention" + (" or attention_kwargs lpi=False" if attention == "xca" else ""))
         self.norm = nn.LayerNorm(hidden_size)
         if classification:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
@@ -219,9 +232,12 @@ class ViT(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             if mask is not None:
                 mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        grid: Optional[List[int]] = None
+        if self.token_grid:
+            grid = self.grid_list
         hidden_states: list[torch.Tensor] = []
         for blk in self.blocks:
-            x = blk(x, mask)
+            x = blk(x, mask, grid)
             hidden_states.append(x)
         return self.norm(x), hidden_states
 
