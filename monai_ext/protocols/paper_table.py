@@ -90,6 +90,10 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: overlay {overlay!r} of {root.name} needs this file")
+    for name in names:  # a variant's own config files, before anything is trained
+        for f in variant_spec(spec["variants"][name], Path("."))[0]:
+            if not (root / f).is_file():
+                raise FileNotFoundError(f"{root / f}: variant {name!r} of {root.name} needs this file")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out_dir = Path(out) if out else root / "eval" / "paper_table" / f"{overlay}-{stamp}"
     out_dir = out_dir.resolve()
@@ -105,19 +109,21 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
     for name in names:
         vdir = out_dir / name
         dirs = {"ckpt_dir": str(vdir / "models"), "output_dir": str(vdir / "eval"), "log_dir": str(vdir / "logs")}
-        args = meta + _override_args({**common, **spec["variants"][name], **dirs})
+        v_files, v_overrides = variant_spec(spec["variants"][name], out_dir)
+        v_files = [*files, *(str(root / f) for f in v_files)]
+        args = meta + _override_args({**common, **v_overrides, **dirs})
         vdir.mkdir(parents=True)
         logger.info("[%s] training: %s", name, " ".join(args[4:]))
         train = run_measured([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                              str(files), *args], cwd=root, env=env)
+                              str(v_files), *args], cwd=root, env=env)
         logger.info("[%s] evaluating the best checkpoint on the test split", name)
         run_measured([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                      str([*files, str(root / "configs" / "evaluate.yaml")]), *args], cwd=root, env=env)
+                      str([*v_files, str(root / "configs" / "evaluate.yaml")]), *args], cwd=root, env=env)
         n_epochs = _epochs_run(vdir / "models") or common.get("epochs")
         cost = {"variant": name, "overlay": overlay, "epochs": n_epochs, "train_seconds": round(train["seconds"], 2),
                 "seconds_per_epoch": round(train["seconds"] / n_epochs, 3) if n_epochs else None,
                 "peak_rss_mib": None if train["peak_rss_mib"] is None else round(train["peak_rss_mib"], 1),
-                "overrides": {**common, **spec["variants"][name]}}
+                "overrides": {**common, **v_overrides}}
         (vdir / "eval" / "training_cost.json").write_text(json.dumps(cost, indent=2) + "\n")
         eval_dirs.append(vdir / "eval")
     table = compare_table(eval_dirs)
@@ -125,6 +131,19 @@ def run_paper_table(bundle_dir: str | Path, variants: Sequence[str] | None = Non
     path.write_text(table)
     logger.info("comparison written to %s", path)
     return path
+
+
+def variant_spec(variant: Mapping[str, Any], out_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    """``(config files after the overlay's, overrides)`` of one variant. A variant is either overrides only
+    (``{"network_def#attention": "softmax"}``) or ``{"files": [...], "overrides": {...}}`` (e.g. Sec. 3.4's
+    ``configs/finetune_from_softmax.yaml``); ``{out}`` in a string override is this table's folder, so a variant can
+    start from an earlier variant's checkpoint (``"{out}/softmax/models/model.pt"``)."""
+    if set(variant) <= {"files", "overrides"} and "files" in variant:
+        files, overrides = list(variant["files"]), dict(variant.get("overrides", {}))
+    else:
+        files, overrides = [], dict(variant)
+    overrides = {k: v.replace("{out}", str(out_dir)) if isinstance(v, str) else v for k, v in overrides.items()}
+    return files, overrides
 
 
 def _epochs_run(ckpt_dir: Path) -> int | None:

@@ -3,8 +3,9 @@
 A bundle may define its own under ``"paper_table"`` in ``configs/metadata.json`` (same layout as one entry of
 :data:`VARIANTS`; it replaces the entry here), so a bundle's variants live with the bundle.
 
-Layout of an entry: ``variants`` (name -> ``{config key: value}`` overrides), ``default`` (names run when
-``--variants`` is not given) and ``overlays``: ``cpu`` / ``paper`` -> ``{"files": [config files after
+Layout of an entry: ``variants`` (name -> ``{config key: value}`` overrides, or ``{"files": [config files after the
+overlay's], "overrides": {...}}`` where ``{out}`` in a string stands for the table's folder), ``default`` (names
+run when ``--variants`` is not given) and ``overlays``: ``cpu`` / ``paper`` -> ``{"files": [config files after
 train.yaml], "overrides": {...}}``.
 """
 
