@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monai_ext.bundle.cli",
     "monai_ext.utils.cli",
     "monai_ext.protocols.cli",
+    "monai_ext.features.cli",
 )
 
 

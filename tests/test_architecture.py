@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "bundle": {"utils"},
     "bench": {"data", "networks", "transforms", "utils"},
     "protocols": {"reports", "utils", "workflows"},
+    "features": {"data", "networks", "utils"},
 }
 #: modules allowed over MAX_LINES, with the reason
 LARGE: dict[str, str] = {}
