@@ -79,7 +79,13 @@ DEMO_SETTINGS: dict[str, tuple[int, dict, dict]] = {
     "duke": (922, {"workers": 2}, {}),  # the real DUKE size
     "btcv": (24, {}, {}),
     "paip": (12, {}, {}),
+    # CPU-sized; the generators' defaults are the real prevalences (3.2 % RG, 1.8 % malignant): too few positives
+    # for a test split of a CPU demo, so the demo synthesizes more (DEMO_SYNTH_OPTIONS)
+    "airogs": (1000, {"resolutions": [128]}, {"image_size": 128, "patch_size": 16, "epochs": 30, "num_workers": 0}),
+    "isic": (1000, {"resolutions": [64]}, {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
 }
+#: dataset -> options of its generator for the demo (default: the generator's own)
+DEMO_SYNTH_OPTIONS: dict[str, dict] = {"airogs": {"rg_fraction": 0.3}, "isic": {"malignant_fraction": 0.1}}
 #: bundle -> (dataset name, synthetic cases, prepare options, train overrides) of the demo
 DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
     name: (dataset, *DEMO_SETTINGS[dataset]) for name, dataset in BUNDLE_DATASETS.items()
@@ -218,12 +224,15 @@ def demo_data(root: Path, dataset: str, cases: int, seed: int = 0, prep_opts: di
     raw, prepared = DemoFolder(root / "data" / "raw"), DemoFolder(root / "data" / "prepared")
     raw.check()
     prepared.check()
+    synth_opts = DEMO_SYNTH_OPTIONS.get(dataset, {})
     stamp = {"dataset": dataset, "cases": int(cases), "seed": int(seed)}
+    if synth_opts:  # the stamp of the datasets without options stays as it was (their data are reused)
+        stamp["synth"] = synth_opts
     if raw.claim(stamp):
         logger.info("[1/4] synthetic data already in %s", raw.path)
     else:
         logger.info("[1/4] synthesizing %d %s cases into %s", cases, dataset, raw.path)
-        get_dataset(dataset).synthesize(raw.path, cases=cases, seed=seed)
+        get_dataset(dataset).synthesize(raw.path, cases=cases, seed=seed, **synth_opts)
         raw.seal()
     # prepared files of other synthetic data must not be reused: the stamp names the raw data's generation
     prep_stamp = {**stamp, "prepare": json.loads(json.dumps(prep_opts)),

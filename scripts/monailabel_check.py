@@ -53,6 +53,10 @@ CHECKS: dict[str, dict] = {
     "btcv": {"synth": {"cases": 4}, "prepare": {}, "train": {"num_samples": 4}, "datalist": "datalist.json"},
     "paip": {"synth": {"cases": 6, "size": 1024}, "prepare": {"resolutions": [512]}, "train": {"batch_size": 2},
              "datalist": "datalist_512.json"},
+    "airogs": {"synth": {"cases": 24, "rg_fraction": 0.5}, "prepare": {"resolutions": [224]},
+               "train": {"batch_size": 4}, "datalist": "datalist_224.json"},
+    "isic": {"synth": {"cases": 40, "malignant_fraction": 0.3, "images_per_patient": 3},
+             "prepare": {"resolutions": [224]}, "train": {"batch_size": 4}, "datalist": "datalist_224.json"},
 }
 #: per bundle (the project's list, monai_ext.bundle.registry): dataset module and the settings above
 BUNDLES: dict[str, dict] = {name: {"dataset": ds, **CHECKS[ds]} for name, ds in BUNDLE_DATASETS.items()}

@@ -18,6 +18,8 @@ BUNDLE_DATASETS: dict[str, str] = {
     "duke_breast_mri_classification": "duke",
     "apf_unetr_btcv_segmentation": "btcv",
     "apf_unetr_paip_segmentation": "paip",
+    "airogs_glaucoma_classification": "airogs",
+    "isic_melanoma_classification": "isic",
 }
 BUNDLE_NAMES: tuple[str, ...] = tuple(BUNDLE_DATASETS)
 INFERENCE_CONFIG = "inference.yaml"

@@ -10,6 +10,7 @@ axes), so that what is written here as PNG and read back by a bundle's ``LoadIma
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -23,19 +24,26 @@ __all__ = ["crop_to_field_of_view", "read_rgb", "resize_square", "save_rgb_png",
 SQUARE_MODES = ("crop", "pad")
 
 
+@functools.lru_cache(maxsize=1)
+def _loader():
+    """One MONAI ``LoadImage`` per process (constructing it instantiates every registered reader, and MONAI's DICOM
+    reader logs a warning each time without nvImageCodec)."""
+    from monai.transforms import LoadImage
+
+    return LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True)
+
+
 def read_rgb(path: str | os.PathLike, what: str = "photograph") -> np.ndarray:
     """A colour image as float32 ``(3, W, H)`` in ``[0, 1]`` (grey images repeated to 3 channels, alpha dropped).
 
     Raises :class:`DataError` naming ``path`` for a missing, truncated or undecodable file, one over the size
     limits, or an empty / constant image."""
-    from monai.transforms import LoadImage
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{what} file missing")
     check_image_header(path, out_itemsize=4)
     try:
-        img = LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True)(str(path))
+        img = _loader()(str(path))
     except Exception as e:  # PIL: "image file is truncated", "cannot identify image file", ...
         cause = e.__cause__ or e
         raise DataError(path, f"cannot decode {what} ({type(cause).__name__}: {cause})") from e
@@ -126,8 +134,6 @@ def prepare_photos(cases: list[dict], skips, workers: int = 1, square: str = "pa
                    desc: str = "images") -> set[str]:
     """Run :func:`prepare_photo` over ``cases`` (each ``{"id", "file", "outputs"}``); failures go to ``skips``
     (a :class:`~monai_ext.data.common.SkipLog`) with the file named. Returns the ids that succeeded."""
-    import functools
-
     from monai_ext.data.runner import run_cases
 
     done: set[str] = set()
