@@ -1,16 +1,15 @@
 """MONAI's own bundle checks on every bundle (tiny networks through config overrides):
 ``verify_metadata`` against the local 20240725 schema, ``verify_net_in_out``, ``ckpt_export`` to
 TorchScript (eager parity 1e-4) and ``onnx_export`` (onnxruntime parity 1e-3); bad metadata and a
-checkpoint of another bundle give clear errors; ``monai-ext package`` and ``monai-ext label-app``; the MONAI Label
-app module itself (against stand-ins for MONAI Label); the tools working from an installed package, outside the
-checkout.
+checkpoint of another bundle give clear errors; ``monai-ext package`` refusing another bundle's checkpoint (the
+zip end to end: tests/test_bundle_package.py) and ``monai-ext label-app``; the MONAI Label app module itself
+(against stand-ins for MONAI Label); the tools working from an installed package, outside the checkout.
 
 The MONAI Label server check is separate (``bash scripts/test_monailabel.sh``, docs/monailabel.md).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.resources
 import json
@@ -19,13 +18,11 @@ import runpy
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from monai.bundle import ConfigParser
 
 from monai_ext import bundle as bt
@@ -255,68 +252,7 @@ def test_verify_says_when_onnx_is_not_installed(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- package, label app
-def _write_png(path: Path, seed: int) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    img = (rng.random((96, 80)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(path)
-
-
-def test_package_runs_unzipped_from_another_folder(tmp_path):
-    bundle = "vindr_cxr_cardiomegaly_classification"
-    ckpt = tmp_path / "trained.pt"
-    torch.save(network(bundle, seed=3).state_dict(), ckpt)  # the bundle's default network, as shipped
-    out = bt.package_bundle(BUNDLES_DIR / bundle, tmp_path / "pkg.zip", ckpt=ckpt)
-    names = set(zipfile.ZipFile(out).namelist())
-    for need in ("configs/metadata.json", "configs/inference.yaml", "configs/train.yaml", "docs/README.md",
-                 "LICENSE", "models/model.pt", "models/model.ts", "large_files.yml"):
-        assert f"{bundle}/{need}" in names, need
-    assert not any("/data/" in n or "/eval/" in n for n in names)
-
-    where = tmp_path / "elsewhere"
-    zipfile.ZipFile(out).extractall(where)
-    unz = where / bundle
-    large = yaml.safe_load((unz / "large_files.yml").read_text())["large_files"]
-    assert {e["path"] for e in large} == {"models/model.pt", "models/model.ts"}
-    for e in large:
-        assert e["hash_type"] == "sha256"
-        assert hashlib.sha256((unz / e["path"]).read_bytes()).hexdigest() == e["hash_val"]
-    assert (unz / "models" / "model.pt").read_bytes() == ckpt.read_bytes()
-
-    images = []
-    for i in range(3):
-        images.append(tmp_path / f"cxr{i}.png")
-        _write_png(images[-1], i)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
-           "--input_files", json.dumps([str(p) for p in images]), "--output_dir", str(tmp_path / "pred")]
-    proc = subprocess.run(cmd, cwd=unz, capture_output=True, text=True, timeout=300, env=ENV, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = list(csv.reader((tmp_path / "pred" / "predictions.csv").open()))
-    assert len(rows) == 3
-
-    # reference: the package's own TorchScript model on the bundle's preprocessing
-    parser = ConfigParser()
-    parser.read_config(str(unz / "configs" / "inference.yaml"))
-    pre = parser.get_parsed_content("preprocessing")
-    ts = torch.jit.load(str(unz / "models" / "model.ts")).eval()
-    by_name = {Path(r[0]).stem: [float(v) for v in r[1:]] for r in rows}
-    for p in images:
-        x = pre({"image": str(p)})["image"].as_tensor()[None]
-        with torch.no_grad():
-            prob = torch.softmax(ts(x), dim=1)[0].numpy()
-        np.testing.assert_allclose(by_name[p.stem], prob, atol=1e-4)
-
-    # MONAI's large-file check (download_large_files: hash of each present file) passes, and catches a change
-    from monai.bundle import download_large_files
-
-    download_large_files(bundle_path=str(unz))
-    with open(unz / "models" / "model.ts", "ab") as f:
-        f.write(b"x")
-    with pytest.raises(Exception, match=r"hash check of existing file failed.*model\.ts"):  # HashCheckError
-        download_large_files(bundle_path=str(unz))
-
-
+# the zip end to end (vendored code, no monai_ext): tests/test_bundle_package.py
 def test_package_refuses_other_bundles_checkpoint(tmp_path):
     ckpt = tmp_path / "duke.pt"
     torch.save(network("duke_breast_mri_classification").state_dict(), ckpt)

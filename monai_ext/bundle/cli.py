@@ -108,13 +108,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("package", help="zip a bundle with its weights and TorchScript export (model-zoo layout)")
+    p = sub.add_parser("package", help="a self-contained model-zoo zip: configs, the monai_ext code they need vendored "
+                                       "as scripts/, weights and TorchScript export (docs/packaging.md)")
     p.add_argument("bundle", help="bundle folder (or a name in --bundles-dir)")
     _add_bundles_dir(p)
     p.add_argument("--out", type=Path, required=True, help="FILE.zip")
     p.add_argument("--ckpt", type=Path, default=None, help="weights (default <bundle>/models/model.pt)")
     p.add_argument("--schema", type=Path, default=None, help=f"local copy of MONAI's {SCHEMA_NAME}")
-    p.add_argument("--url-base", default=None, help="where the large files will be hosted (large_files.yml url)")
+    p.add_argument("--url-base", default=None,
+                   help="where the model files will be hosted: writes large_files.yml (url and sha256 of each); "
+                        "without it that file is left out and the zip carries the files")
     p.set_defaults(func=_cmd_package)
 
     p = sub.add_parser("label-app", help="assemble a MONAI Label app folder holding the bundles and their weights")
