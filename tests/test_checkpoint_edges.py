@@ -55,8 +55,9 @@ def test_convert_checkpoint_keeps_weights_only_values_and_names_what_it_drops(tm
                   "raw": b"\x00", "nested": {"obj": _Legacy()}},
         "last": 1,
     }, src)
-    caplog.set_level(logging.WARNING)
-    dropped = convert_checkpoint(src, tmp_path / "sub" / "new.pt", trust_pickle=True)
+    caplog.set_level(logging.INFO)
+    dst = tmp_path / "sub" / "dir" / "new.pt"  # missing folders are created
+    dropped = convert_checkpoint(src, dst, trust_pickle=True)
     assert dropped == [
         f"checkpoint['network']['_extra_state'] ({LEGACY})",
         f"checkpoint['history'][2] ({LEGACY})",
@@ -68,8 +69,10 @@ def test_convert_checkpoint_keeps_weights_only_values_and_names_what_it_drops(tm
     ]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"{src}: dropped {d} (not weights-only data)" for d in dropped]
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["new.pt"]  # no temporary file left
-    new = load_checkpoint(tmp_path / "sub" / "new.pt")
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert f"{src} -> {dst}: weights-only checkpoint written (7 object(s) dropped)" in info
+    assert [p.name for p in dst.parent.iterdir()] == ["new.pt"]  # no temporary file left
+    new = load_checkpoint(dst)
     assert list(new) == ["network", "meta", "history", "shape", 4, "flags", "plain", "last"]
     assert list(new["network"]) == ["weight", "bias"]
     torch.testing.assert_close(new["network"]["weight"], net.weight.detach())
@@ -110,6 +113,8 @@ def test_state_dict_of_refuses_what_is_not_a_state_dict_and_keeps_prefixes_on_re
     for obj, found in cases:
         with pytest.raises(CheckpointError, match=re.escape(f"x.pt: no state dict of tensors found ({found}; ")):
             state_dict_of(obj, "x.pt")
+    with pytest.raises(CheckpointError, match=r"^<checkpoint>: no state dict of tensors found"):
+        state_dict_of({"epoch": 3})
     state = {"module._orig_mod.a": w, "_orig_mod.module.b": w, "c": w}
     assert list(state_dict_of(state)) == ["a", "b", "c"]  # nested wrappers, in either order
     kept = state_dict_of({"network": state}, strip_prefixes=False)

@@ -82,7 +82,8 @@ def test_classification_class_coverage_and_arguments(tmp_path):
     _write(tmp_path, body)
     kw = dict(image_key="img", label_key="y")
     # the class check covers the splits in all_classes_in only; soft labels only: no class index to look at
-    assert check_datalist(tmp_path, splits=("training", "tuning"), **kw) == {"training": 2, "tuning": 1}
+    assert check_datalist(tmp_path, splits=("training", "tuning"), all_classes_in=("tuning",), **kw) == {
+        "training": 2, "tuning": 1}
     assert check_datalist(tmp_path, all_classes_in=("training",), **kw) == {"training": 2, "validation": 1}
     with pytest.raises(DatasetError, match=r"split 'validation' \(1 cases\) has no case of class \[0\]"):
         check_datalist(tmp_path, **kw)
@@ -151,6 +152,16 @@ def test_max_problems_stops_and_says_so(tmp_path):
     problems = _problems(err, tmp_path)
     assert [p.split(":")[0] for p in problems[:3]] == [str(tmp_path / f"gone{i}.png") for i in range(3)]
     assert problems[3:] == ["(stopped after 3 problems)"]
+    # the default limit is 20; another datalist file name
+    (tmp_path / "datalist.json").unlink()
+    (tmp_path / "v2.json").write_text(json.dumps({"training": [{"image": f"g{i}.png", "label": 0} for i in range(25)]}))
+    with pytest.raises(DatasetError) as err:
+        check_datalist(tmp_path, datalist="v2.json", splits=("training",), all_classes_in=())
+    problems = _problems(err, tmp_path)
+    assert len(problems) == 21 and problems[-1] == "(stopped after 20 problems)"
+    assert problems[19].startswith(f"{tmp_path / 'g19.png'}: image file missing (listed in {tmp_path / 'v2.json'} ")
+    _write(tmp_path, {"training": [{"image": f"gone{i}.png", "label": 0} for i in range(6)],
+                      "validation": [{"image": "gone.png", "label": 0}]})
     # fewer problems than the limit: all listed, no note
     with pytest.raises(DatasetError) as err:
         check_datalist(tmp_path, max_problems=8, all_classes_in=())
