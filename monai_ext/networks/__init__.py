@@ -20,6 +20,7 @@ from .efficient_attention import (
     WindowAttention,
     XCAttention,
 )
+from .pyramid import PYRAMID_PRESETS, PyramidTransformer, pyramid_preset
 from .unetr import UNETR
 from .vit import VIT_PRESETS, TransferReport, TransformerBlock, ViT, transfer_weights, vit_preset
 
@@ -38,6 +39,9 @@ __all__ = [
     "build_attention",
     "register_attention",
     "sequence_norm",
+    "PYRAMID_PRESETS",
+    "PyramidTransformer",
+    "pyramid_preset",
     "UNETR",
     "APFUNETR",
     "VIT_PRESETS",
