@@ -1,4 +1,4 @@
-"""``monai-ext bench attention|apf|3d|all``: benchmarks that write ``docs/benchmarks.md`` sections.
+"""``monai-ext bench attention|apf|3d|attention-zoo|all``: benchmarks that write ``docs/benchmarks.md`` sections.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     monai-ext bench attention --sizes 224 512 --models softmax_free monai_plain
     monai-ext bench apf --apf-sizes 512 1024
     monai-ext bench 3d --out /tmp/bench.md
+    monai-ext bench attention-zoo --zoo-settings paper cpu   # the efficient-transformers benchmark's table
 
 Each run replaces only its own section(s) of the markdown file and writes CSV/PNG files to the
 folder beside it named after it (``docs/benchmarks/``).
@@ -24,7 +25,7 @@ __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("attention", "apf", "3d", "all")
+TARGETS = ("attention", "apf", "3d", "attention-zoo", "all")
 
 
 def _positive_int(v: str) -> int:
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (speed, memory, Dice) written to docs/benchmarks.md",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", choices=TARGETS, help="which benchmark; 'all' runs attention, apf and 3d")
+    g = p.add_argument_group("attention-zoo")
+    g.add_argument("--zoo-settings", nargs="+", choices=("paper", "cpu"), default=None,
+                   help="paper (3x224x224, ~28M parameters) and/or cpu (tiny preset, 1x112x112) (both; quick cpu)")
+    g.add_argument("--zoo-models", nargs="+", default=None,
+                   help="attention names and/or resnet50 (all: softmax linformer performer fastformer xca window "
+                        "softmax_free sima resnet50)")
     p.add_argument("--quick", action="store_true", help="smoke test: small sizes, one repeat (about 1-2 min)")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
                    help="markdown file (sections replaced in place); CSV/PNG go to the folder beside it")
@@ -151,6 +158,33 @@ def apf_settings(args: argparse.Namespace):
     )
 
 
+def _run_zoo(args: argparse.Namespace, out: Path, machine_for, command: str) -> dict[str, Any]:
+    import dataclasses
+
+    import torch
+
+    from .zoo import SETTINGS, ZOO_MODELS, run_zoo_bench
+
+    names = args.zoo_settings or (["cpu"] if args.quick else ["paper", "cpu"])
+    settings = [dataclasses.replace(SETTINGS[n]) for n in names]
+    for s in settings:
+        if args.repeats is not None or args.quick:
+            s.repeats = _pick(args.repeats, s.repeats, 1, args.quick)
+        if args.quick:
+            s.batch = 2
+    models = dict(ZOO_MODELS)
+    if args.zoo_models:
+        known = {v or "resnet50": k for k, v in ZOO_MODELS.items()}
+        unknown = sorted(set(args.zoo_models) - set(known))
+        if unknown:
+            raise SystemExit(f"bench attention-zoo: unknown --zoo-models {unknown}; choose from {sorted(known)}")
+        models = {known[m]: ZOO_MODELS[known[m]] for m in args.zoo_models}
+    threads = _threads(args)
+    if threads:
+        torch.set_num_threads(threads)
+    return run_zoo_bench(settings, out, machine_for(threads), command, models)
+
+
 def run(args: argparse.Namespace) -> int:
     from .machine import MachineInfo, command_line, machine_info
 
@@ -180,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
 
             s = attention_settings(args, volumes=True)
             summary[target] = run_3d_bench(s, out, machine_for(s.threads), command)
+        elif target == "attention-zoo":
+            summary[target] = _run_zoo(args, out, machine_for, command)
         elif target == "apf":
             from .apf import run_apf_bench
 
