@@ -103,12 +103,27 @@ for env in "$venv" "$here/.venv-label" "$here/.venv"; do
     step "verify_metadata, verify_net_in_out, ckpt_export pass with $env: $(tail -n 1 "$work/zoo_check.json")"
 done
 
+# PyPI only (its index carries each file's Requires-Python; a local mirror may not), every manylinux tag of x86_64
+platforms=(--platform linux_x86_64 --platform manylinux1_x86_64 --platform manylinux2010_x86_64)
+for v in 17 18 19 20 21 22 23 24 25 26 27 28; do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
 for pyver in 3.10 3.12; do
-    "$venv/bin/python" -m pip install -q --dry-run --ignore-installed --only-binary=:all: --python-version "$pyver" \
-        --platform manylinux_2_28_x86_64 --target "$work/dry_$pyver" "$TORCH_SPEC" -r "$work/requirements.txt" \
-        --report "$work/resolve_$pyver.json"
-    step "installable on Python $pyver: $("$PY" -c "import json, sys; r = json.load(open(sys.argv[1]))['install']; \
-print(len(r), 'distributions, e.g.', ', '.join(f\"{i['metadata']['name']}=={i['metadata']['version']}\" for i in r \
-if i['metadata']['name'].lower() in ('monai', 'numpy', 'pillow', 'scipy', 'scikit-image')))" "$work/resolve_$pyver.json")"
+    env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m pip install -q --dry-run --ignore-installed \
+        --only-binary=:all: --python-version "$pyver" "${platforms[@]}" --target "$work/dry_$pyver" "$TORCH_SPEC" \
+        -r "$work/requirements.txt" --report "$work/resolve_$pyver.json"
+    summary=$("$venv/bin/python" - "$work/resolve_$pyver.json" "$pyver" <<'EOF2'
+import json, sys
+from packaging.specifiers import SpecifierSet
+found = json.load(open(sys.argv[1]))["install"]
+bad = [i["metadata"]["name"] for i in found
+       if not SpecifierSet(i["metadata"].get("requires_python") or "").contains(sys.argv[2])]
+if bad:
+    sys.exit(f"resolved releases that exclude Python {sys.argv[2]}: {bad}")
+names = ("monai", "numpy", "pillow", "scipy", "scikit-image", "matplotlib", "tifffile", "pydicom")
+print(len(found), "distributions, each admitting it; e.g.",
+      ", ".join(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in found
+                if i["metadata"]["name"].lower() in names))
+EOF2
+)
+    step "installable on Python $pyver: $summary"
 done
 step "all checks passed for $(basename "$zip")"
