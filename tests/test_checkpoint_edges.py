@@ -14,6 +14,8 @@ from monai.data import MetaTensor
 
 from monai_ext.utils.checkpoint import (
     CheckpointError,
+    CheckpointMismatchError,
+    SafeCheckpointLoader,
     TransferReport,
     convert_checkpoint,
     load_checkpoint,
@@ -115,6 +117,8 @@ def test_state_dict_of_refuses_what_is_not_a_state_dict_and_keeps_prefixes_on_re
             state_dict_of(obj, "x.pt")
     with pytest.raises(CheckpointError, match=r"^<checkpoint>: no state dict of tensors found"):
         state_dict_of({"epoch": 3})
+    with pytest.raises(CheckpointError, match=re.escape(f"top-level keys {list('abcdefgh')}; looked under")):
+        state_dict_of({k: 1 for k in "abcdefghij"}, "x.pt")  # the first 8 keys
     state = {"module._orig_mod.a": w, "_orig_mod.module.b": w, "c": w}
     assert list(state_dict_of(state)) == ["a", "b", "c"]  # nested wrappers, in either order
     kept = state_dict_of({"network": state}, strip_prefixes=False)
@@ -127,3 +131,84 @@ def test_transfer_summary_names_the_new_parameters_by_their_last_part():
     report = TransferReport(copied=["head.weight"], new=["scale", "blocks.0.attn.q_gamma", "blocks.1.attn.q_gamma"],
                             mismatched=["head.bias"])
     assert report.summary() == "copied 1 tensors, initialized 3 new (q_gamma, scale), 0 unused, 1 shape-mismatched"
+
+
+def _engine(max_epochs: int | None = None):
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = max_epochs
+    return engine
+
+
+def _trained(tmp_path):
+    torch.manual_seed(0)
+    src = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(src.parameters(), lr=0.1, momentum=0.9)
+    src(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    trainer = _engine()
+    trainer.run([0, 1], max_epochs=5)  # its state dict: epoch 5 of 5
+    torch.save({"model": src.state_dict(), "optimizer": opt.state_dict(), "trainer": trainer.state_dict()},
+               tmp_path / "nested.pt")
+    torch.save(src.state_dict(), tmp_path / "plain.pt")
+    return src, opt
+
+
+def test_safe_checkpoint_loader_strict_shape_false_copies_the_matching_tensors(tmp_path, caplog):
+    """A network with another head: the tensors of the same name and shape come from the checkpoint, the others
+    keep their initialization, other objects are skipped with a warning; nothing matching is an error."""
+    src, _ = _trained(tmp_path)
+    caplog.set_level(logging.WARNING)
+    for name in ("nested.pt", "plain.pt"):
+        dst = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
+        init = {k: v.clone() for k, v in dst.state_dict().items()}
+        opt = torch.optim.SGD(dst.parameters(), lr=0.1, momentum=0.9)
+        load_dict = {"model": dst, "optimizer": opt} if name == "nested.pt" else {"model": dst}
+        SafeCheckpointLoader(load_path=str(tmp_path / name), load_dict=load_dict, strict_shape=False)(_engine())
+        for k in ("0.weight", "0.bias"):
+            torch.testing.assert_close(dst.state_dict()[k], src.state_dict()[k], rtol=0, atol=0)
+        for k in ("1.weight", "1.bias"):
+            torch.testing.assert_close(dst.state_dict()[k], init[k], rtol=0, atol=0)
+        assert not opt.state_dict()["state"]  # the optimizer is not restored
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "strict_shape is False: loading the model only, not 'optimizer'"]
+    other = torch.nn.Sequential(torch.nn.Linear(5, 6))
+    with pytest.raises(CheckpointMismatchError, match=r"plain\.pt: no tensor matches 'model' by name and shape"):
+        SafeCheckpointLoader(load_path=str(tmp_path / "plain.pt"), load_dict={"model": other},
+                             strict_shape=False)(_engine())
+
+
+def test_safe_checkpoint_loader_strict_map_location_and_max_epochs(tmp_path):
+    src, opt = _trained(tmp_path)
+    state = {k: v for k, v in src.state_dict().items() if k != "1.bias"}
+    torch.save(state, tmp_path / "partial.pt")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(RuntimeError, match="1.bias"):  # strict by default
+        SafeCheckpointLoader(load_path=str(tmp_path / "partial.pt"), load_dict={"model": net})(_engine())
+    SafeCheckpointLoader(load_path=str(tmp_path / "partial.pt"), load_dict={"model": net}, strict=False)(_engine())
+    torch.testing.assert_close(net[1].weight, src[1].weight, rtol=0, atol=0)
+
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append(location)
+        return storage
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    SafeCheckpointLoader(load_path=str(tmp_path / "plain.pt"), load_dict={"model": net}, map_location=to_cpu)(_engine())
+    assert seen and set(seen) == {"cpu"}
+    torch.testing.assert_close(net[1].bias, src[1].bias, rtol=0, atol=0)
+
+    # resuming: the trainer's epoch comes from the checkpoint, its max_epochs stays the engine's own
+    trainer = _engine(max_epochs=8)
+    opt2 = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"),
+                         load_dict={"model": net, "optimizer": opt2, "trainer": trainer})(trainer)
+    assert (trainer.state.epoch, trainer.state.max_epochs) == (5, 8)
+    torch.testing.assert_close(opt2.state_dict()["state"][0]["momentum_buffer"],
+                               opt.state_dict()["state"][0]["momentum_buffer"])
+    short = _engine(max_epochs=3)
+    with pytest.raises(ValueError, match=r"nested\.pt: epoch count \(5\) in the checkpoint is larger than the "
+                                         r"engine's max_epochs \(3\)"):
+        SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"), load_dict={"trainer": short})(short)

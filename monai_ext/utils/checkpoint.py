@@ -178,7 +178,11 @@ def compare_state_dict(state: Mapping[str, Any], expected: Mapping[str, torch.Te
 class SafeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` (same arguments and behaviour) reading the file with :func:`load_checkpoint`,
     i.e. ``torch.load(weights_only=True)``, on every MONAI version: MONAI 1.5's own loader (MONAI Label's
-    environment) calls ``torch.load(weights_only=False)``. A pickled object is refused with the file named."""
+    environment) calls ``torch.load(weights_only=False)``. A pickled object is refused with the file named.
+
+    ``strict_shape=False`` copies each network's tensors of the same name and shape from its own entry of the
+    checkpoint (MONAI 1.5 / 1.6 look for them in the whole checkpoint dict and so copy nothing from a nested
+    or single-object checkpoint, silently); a checkpoint with no such tensor is refused."""
 
     def __call__(self, engine: Any) -> None:
         from ignite.handlers import Checkpoint
@@ -190,7 +194,11 @@ class SafeCheckpointLoader(CheckpointLoader):
         if not self.strict_shape:
             for name, obj in list(self.load_dict.items()):
                 if isinstance(obj, nn.Module):
-                    checkpoint[name] = copy_model_state(obj, checkpoint, inplace=False)[0]
+                    src = checkpoint[name] if isinstance(checkpoint.get(name), Mapping) else checkpoint
+                    checkpoint[name], updated, _ = copy_model_state(obj, src, inplace=False)
+                    if not updated:
+                        raise CheckpointMismatchError(f"{self.load_path}: no tensor matches {name!r} by name and "
+                                                      f"shape (strict_shape=False)")
                 else:
                     logger.warning("strict_shape is False: loading the model only, not %r", name)
                     self.load_dict.pop(name)
