@@ -117,7 +117,7 @@ class ModuleDataset:
 #: the datasets of monai_ext, by the name the CLI and the bundles use
 DATASETS: dict[str, Dataset] = {
     name: ModuleDataset(name, f"monai_ext.data.{name}", f"monai_ext.data.synthetic.{name}")
-    for name in ("airogs", "btcv", "duke", "isic", "paip", "tcga", "vindr_cxr")
+    for name in ("airogs", "btcv", "duke", "isic", "paip", "radimagenet_brain", "tcga", "vindr_cxr")
 }
 
 
