@@ -5,6 +5,7 @@ found by mutation testing of ``monai_ext.workflows.checks``, see docs/testing.md
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -217,3 +218,44 @@ def test_label_values_are_read_as_one_byte_per_voxel(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_BYTES, "47")
     with pytest.raises(SizeLimitError, match=r"lab\.nii\.gz: NIfTI header declares 4x4x3 = 48 elements \(48 B"):
         checks._label_values(tmp_path / "lab.nii.gz")
+
+
+def test_damaged_labels_many_bad_values_and_the_ok_log(tmp_path, caplog):
+    """A label file whose header reads but whose voxels do not (truncated) is a problem naming it, like any other;
+    at most 10 bad values are listed; a clean dataset logs its split sizes."""
+    _png(tmp_path / "i.png", np.zeros((100, 100)))
+    _png(tmp_path / "l.png", np.arange(10000).reshape(100, 100) % 3)
+    body = (tmp_path / "l.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(body[: len(body) // 2])
+    _nifti(tmp_path / "v.nii.gz", np.zeros((20, 20, 10), np.float32))
+    _nifti(tmp_path / "lv.nii.gz", np.random.default_rng(0).integers(0, 3, (20, 20, 10)).astype(np.uint8))
+    body = (tmp_path / "lv.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(body[: len(body) // 2])
+    _png(tmp_path / "many.png", np.arange(10000).reshape(100, 100) % 16)
+    _write(tmp_path, {"training": [
+        {"image": "i.png", "label": "cut.png"}, {"image": "v.nii.gz", "label": "cut.nii.gz"},
+        {"image": "i.png", "label": "many.png"}, {"image": "i.png", "label": "l.png"}]})
+    with pytest.raises(DatasetError) as err:
+        check_datalist(tmp_path, splits=("training",), task="segmentation", num_classes=3)
+    first, second, third = _problems(err, tmp_path)
+    assert first.startswith(f"{tmp_path / 'cut.png'}: cannot read the label voxels (OSError: image file is truncated")
+    assert second.startswith(f"{tmp_path / 'cut.nii.gz'}: cannot read the label voxels (EOFError: ")
+    assert third == f"{tmp_path / 'many.png'}: label values [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] outside the declared " \
+        "classes 0..2"
+    _write(tmp_path, {"training": [{"image": "i.png", "label": "l.png"}],
+                      "validation": [{"image": "v.nii.gz", "label": "lv.nii.gz"}] * 2})
+    caplog.set_level(logging.INFO, logger="monai_ext.workflows.checks")
+    assert check_datalist(tmp_path, task="segmentation", num_classes=3) == {"training": 1, "validation": 2}
+    assert [r.getMessage() for r in caplog.records if r.name == "monai_ext.workflows.checks"] == [
+        f"dataset {tmp_path} ok: {{'training': 1, 'validation': 2}}"]
+
+
+def test_load_datalist_joins_to_the_dataset_folder_and_joins_image_lists(tmp_path):
+    """Entries are relative to ``dataset_dir`` even when the datalist sits in a subfolder; a list of image paths
+    (e.g. several sequences of one case) is joined element by element."""
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "v2.json").write_text(json.dumps({"training": [
+        {"image": ["t1/a.nii.gz", "t2/a.nii.gz"], "label": "seg/a.nii.gz"}]}))
+    assert load_datalist(tmp_path, "training", datalist="splits/v2.json") == [
+        {"image": [str(tmp_path / "t1" / "a.nii.gz"), str(tmp_path / "t2" / "a.nii.gz")],
+         "label": str(tmp_path / "seg" / "a.nii.gz")}]

@@ -78,25 +78,37 @@ def _entry(item: dict[str, Any], raw: dict[str, Any], root: Path, path_keys: Seq
 def _spatial_shape(path: Path, out_itemsize: int = 4) -> tuple[int, ...]:
     """Spatial shape from the header only; :class:`DataError` naming the file when decoding it (as
     ``out_itemsize``-byte values, MONAI's float32) would exceed the size limits (:mod:`monai_ext.data.limits`)."""
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    if _is_nifti(path):
         return check_nifti_header(path, out_itemsize)[:3]
     return check_image_header(path, out_itemsize)
 
 
-def _label_values(path: Path) -> np.ndarray:
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _read_label(path: Path) -> np.ndarray:
+    if _is_nifti(path):
         import nibabel as nib
 
-        check_nifti_header(path, out_itemsize=1)  # before the voxels are read
-        arr = np.asarray(nib.load(str(path)).dataobj)
-    else:
-        from PIL import Image
+        return np.asarray(nib.load(str(path)).dataobj)
+    from PIL import Image
 
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _label_values(path: Path) -> np.ndarray:
+    """Distinct voxel values of a label file (decoded as uint8 for the size limits); :class:`DataError` naming
+    the file when the header is beyond the limits or the voxels cannot be read (e.g. a truncated file)."""
+    if _is_nifti(path):
+        check_nifti_header(path, out_itemsize=1)  # before the voxels are read
+    else:
         check_image_header(path)
-        with Image.open(path) as im:
-            arr = np.asarray(im)
+    try:
+        arr = _read_label(path)
+    except Exception as e:  # noqa: BLE001 - nibabel / Pillow raise many types for a damaged file
+        raise DataError(path, f"cannot read the label voxels ({type(e).__name__}: {e})") from None
     return np.unique(arr)
 
 
