@@ -81,8 +81,8 @@ DEMO_SETTINGS: dict[str, tuple[int, dict, dict]] = {
     "paip": (12, {}, {}),
     # CPU-sized; the generators' defaults are the real prevalences (3.2 % RG, 1.8 % malignant): too few positives
     # for a test split of a CPU demo, so the demo synthesizes more (DEMO_SYNTH_OPTIONS)
-    "airogs": (1000, {"resolutions": [128]}, {"image_size": 128, "patch_size": 16, "epochs": 30, "num_workers": 0}),
-    "isic": (1000, {"resolutions": [64]}, {"image_size": 64, "patch_size": 8, "epochs": 30, "num_workers": 0}),
+    "airogs": (600, {"resolutions": [64]}, {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}),
+    "isic": (1000, {"resolutions": [64]}, {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}),
 }
 #: dataset -> options of its generator for the demo (default: the generator's own)
 DEMO_SYNTH_OPTIONS: dict[str, dict] = {"airogs": {"rg_fraction": 0.3}, "isic": {"malignant_fraction": 0.1}}

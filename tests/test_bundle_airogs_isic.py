@@ -129,7 +129,7 @@ def test_isic_loss_weights_by_default_and_ddp_refuses_the_sampler(isic_data, tmp
 
 
 def test_paper_table_finetune_variant_reads_the_softmax_checkpoint(tmp_path):
-    spec = bundle_variants(AIROGS)
+    spec = bundle_variants(AIROGS)  # monai_ext.protocols.VARIANTS
     assert spec["default"].index("softmax") < spec["default"].index("finetune_softmax_free")
     files, overrides = variant_spec(spec["variants"]["finetune_softmax_free"], tmp_path)
     assert files == ["configs/finetune_from_softmax.yaml"]

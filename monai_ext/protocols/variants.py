@@ -27,6 +27,9 @@ _SFN_DEFAULT = ["softmax", "sima", "softmax_free"]
 _APF = {"apf": {}, "uniform": {"apf#mode": "uniform",
                                "apf#num_tokens": "$(@image_size // @apf#patch_size) ** 2"}}
 
+# AIROGS / ISIC CPU size (the demo's): 64 px RGB at patch 16 (16 tokens), 20 epochs
+_PHOTO_CPU = {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}
+
 #: bundle -> variants, default variant names and overlays (see the module docstring)
 VARIANTS: dict[str, dict[str, Any]] = {
     "vindr_cxr_cardiomegaly_classification": {
@@ -50,6 +53,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "apf_unetr_btcv_segmentation": {
         "variants": _APF, "default": ["apf", "uniform"],
         "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+    "airogs_glaucoma_classification": {
+        # Sec. 3.4: softmax-free initialised from this table's own softmax checkpoint (softmax runs first)
+        "variants": {**_ATTENTION, "finetune_softmax_free": {
+            "files": ["configs/finetune_from_softmax.yaml"], "overrides": {"ckpt": "{out}/softmax/models/model.pt"}}},
+        "default": ["softmax", "sima", "softmax_free", "finetune_softmax_free"],
+        "overlays": {"cpu": {"files": [], "overrides": _PHOTO_CPU},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+    "isic_melanoma_classification": {
+        "variants": _ATTENTION, "default": _SFN_DEFAULT,
+        "overlays": {"cpu": {"files": [], "overrides": _PHOTO_CPU},
                      "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
     },
 }

@@ -5,7 +5,7 @@ Each photograph: a round field of view on black (cut at the top and bottom in so
 with vignetting and choroidal texture, a macula, an optic disc (yellow-orange, size varying per eye) on the nasal
 side of a left or right eye, a pale cup inside it whose vertical diameter is the cup-to-disc ratio (CDR) times the
 disc's, and vessel arcades leaving the disc across the rim and the cup; random illumination, colour, blur, noise,
-JPEG quality. RG photographs have a larger CDR (N(0.68, 0.09) against N(0.48, 0.09) for NRG, overlapping) and
+JPEG quality. RG photographs have a larger CDR (N(0.72, 0.08) against N(0.42, 0.08) for NRG, overlapping) and
 sometimes a vertically elongated cup (rim notch): absolute cup size says little because discs differ in size, so a
 model has to relate cup to disc.
 """
@@ -47,7 +47,7 @@ def synth_fundus(rng: np.random.Generator, cdr: float, notch: bool = False) -> n
     import cv2
     from scipy.ndimage import gaussian_filter
 
-    W = int(rng.integers(400, 561))
+    W = int(rng.integers(320, 401))  # real photographs are larger; preparation resizes to a few hundred px anyway
     H = int(W * rng.uniform(0.72, 0.95))
     Y, X = np.mgrid[:H, :W].astype(np.float32)
     r = min(H, W) * rng.uniform(0.48, 0.56)  # > H/2: the circle is cut at the top and bottom
@@ -61,7 +61,7 @@ def synth_fundus(rng: np.random.Generator, cdr: float, notch: bool = False) -> n
     img = base[None, None] * shade[..., None]
     # eye side: the disc lies nasally (left eye: disc left of centre in the image)
     side = rng.choice([-1.0, 1.0])
-    rd = r * rng.uniform(0.14, 0.19)  # disc radius
+    rd = r * rng.uniform(0.20, 0.26)  # disc radius: larger than anatomy (~0.14) so that CPU sizes resolve the cup
     dcx, dcy = cx + side * r * rng.uniform(0.22, 0.34), cy + r * rng.uniform(-0.08, 0.08)
     # macula: a darker region ~2.5 disc diameters temporal
     mac = _soft_ellipse(X, Y, dcx - side * 5 * rd, dcy + rd * 0.3, 1.6 * rd, 1.6 * rd, 1.5)
@@ -83,7 +83,7 @@ def synth_fundus(rng: np.random.Generator, cdr: float, notch: bool = False) -> n
             angle = np.arctan2(dy * rng.uniform(0.6, 1.4), dx * rng.uniform(0.3, 1.0))
             pts = _vessel(rng, (dcx + rng.normal(0, rd * 0.2), dcy + dy * rd * 0.2), angle,
                           r * rng.uniform(0.8, 1.4) * (1.0 if k < 2 else 0.6))
-            width = max(1, int(round(rd * (0.16 if k < 2 else 0.1) * rng.uniform(0.8, 1.2))))
+            width = max(1, int(round(rd * (0.12 if k < 2 else 0.08) * rng.uniform(0.8, 1.2))))
             cv2.polylines(vessels, [pts.reshape(-1, 1, 2)], False, 1.0, width, cv2.LINE_AA)
     vessels = gaussian_filter(vessels, 0.8)
     vessel_col = np.array([0.45, 0.08, 0.05], np.float32)
@@ -102,7 +102,7 @@ def draw_case(seed: int, index: int, rg_fraction: float) -> tuple[bool, float, b
     """Label (RG?), cup-to-disc ratio and notch of image ``index``: deterministic per ``(seed, index)``."""
     rng = np.random.default_rng([seed, index, 1])
     rg = bool(rng.random() < rg_fraction)
-    cdr = float(np.clip(rng.normal(0.68, 0.09) if rg else rng.normal(0.48, 0.09), 0.2, 0.9))
+    cdr = float(np.clip(rng.normal(0.72, 0.08) if rg else rng.normal(0.42, 0.08), 0.15, 0.92))
     notch = bool(rg and rng.random() < 0.4)
     return rg, cdr, notch
 
