@@ -5,6 +5,7 @@ mutation testing of ``monai_ext.utils.checkpoint``, see docs/testing.md)."""
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 
 import numpy as np
@@ -17,9 +18,13 @@ from monai_ext.utils.checkpoint import (
     CheckpointMismatchError,
     SafeCheckpointLoader,
     TransferReport,
+    UnsafeCheckpointError,
+    _torch_reason,
     convert_checkpoint,
     load_checkpoint,
+    load_state_dict,
     state_dict_of,
+    transfer_weights,
 )
 
 LEGACY = f"{__name__}._Legacy"
@@ -212,3 +217,68 @@ def test_safe_checkpoint_loader_strict_map_location_and_max_epochs(tmp_path):
     with pytest.raises(ValueError, match=r"nested\.pt: epoch count \(5\) in the checkpoint is larger than the "
                                          r"engine's max_epochs \(3\)"):
         SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"), load_dict={"trainer": short})(short)
+
+
+def test_load_errors_give_torch_reason_without_its_advice(tmp_path):
+    """Each refusal names the file and torch's reason, never torch's advice to set ``weights_only=False``."""
+    cases = {
+        "build.pt": (b"\x80\x02K\x01}b.", "UnpicklingError: Can only build Tensor, Parameter, OrderedDict"),
+        "persid.pt": (b"\x80\x02Pabc\n.", "UnpicklingError: Unsupported operand 80"),
+        "empty.pt": (b"", "EOFError: )"),
+    }
+    torch.save({"w": torch.zeros(1), "x": _Legacy()}, tmp_path / "object.pt")
+    for name, (body, text) in cases.items():
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        assert str(info.value).startswith(f"{tmp_path / name}: not a readable PyTorch checkpoint ({text}")
+        assert "weights_only` set to `False`" not in str(info.value)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(tmp_path / "object.pt")
+    assert f"refers to the Python object {LEGACY})" in str(info.value)
+    assert f"convert it once with `monai-ext convert-checkpoint --trust-pickle {tmp_path / 'object.pt'} OUT.pt`" \
+        in str(info.value)
+    # the fallbacks for a message torch did not format: its first line, else the exception's type
+    assert _torch_reason(pickle.UnpicklingError("bad data\nmore")) == "bad data"
+    assert _torch_reason(pickle.UnpicklingError("  ")) == "UnpicklingError"
+
+
+def test_load_state_dict_and_map_location(tmp_path):
+    w = torch.arange(3.0)
+    torch.save({"module.a": w}, tmp_path / "ddp.pt")
+    assert list(load_state_dict(tmp_path / "ddp.pt", strip_prefixes=False)) == ["module.a"]
+    assert list(load_state_dict(tmp_path / "ddp.pt")) == ["a"]
+    torch.save({"epoch": 1}, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(tmp_path / 'meta.pt'))}: no state dict"):
+        load_state_dict(tmp_path / "meta.pt")
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append(location)
+        return storage
+
+    assert load_checkpoint(tmp_path / "ddp.pt", map_location=to_cpu)["module.a"].tolist() == [0.0, 1.0, 2.0]
+    assert seen == ["cpu"]
+
+
+def test_transfer_weights_reports_and_errors(tmp_path, caplog):
+    torch.manual_seed(0)
+    src = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
+    state = {**src.state_dict(), "extra.b": torch.zeros(1), "extra.a": torch.zeros(1)}
+    dst = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 3), torch.nn.Linear(2, 2),
+                              torch.nn.Linear(2, 2))
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            "<state dict>: checkpoint tensor '1.weight' has shape (2, 4), the network expects (3, 4)")):
+        transfer_weights(dst, state)
+    torch.save({"model": state}, tmp_path / "src.pt")
+    with pytest.raises(CheckpointMismatchError, match=re.escape(f"{tmp_path / 'src.pt'}: checkpoint tensor '1.")):
+        transfer_weights(dst, tmp_path / "src.pt")
+    with pytest.raises(CheckpointError, match=r"^<state dict>: no state dict of tensors found"):
+        transfer_weights(dst, {"epoch": 1})
+    caplog.set_level(logging.INFO)
+    report = transfer_weights(dst, tmp_path / "src.pt", strict_shapes=False)
+    assert report.copied == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert report.new == ["3.weight", "3.bias"] and report.unused == ["extra.a", "extra.b"]
+    assert report.mismatched == ["1.weight", "1.bias"]
+    torch.testing.assert_close(dst[2].weight, src[2].weight, rtol=0, atol=0)
+    assert f"transfer_weights: {report.summary()}" in [r.getMessage() for r in caplog.records]
