@@ -55,7 +55,7 @@ case "$MODULE" in
   stats)  # ROC / AUROC, Youden, confusion, calibration, bootstrap indices and percentile CIs: all of it
     FILE=monai_ext/reports/stats.py
     SELECT=("monai_ext.reports.stats.*")
-    TESTS=(tests/test_reports.py tests/test_report_stats.py -k 'not bundle and not chromium and not cli and not segmentation_dice and not metrics_json') ;;
+    TESTS=(tests/test_reports.py tests/test_report_stats.py tests/test_reports_auprc.py -k 'not bundle and not chromium and not cli and not segmentation_dice and not metrics_json') ;;
   checks)  # the bundles' datalist checks run before training
     FILE=monai_ext/workflows/checks.py
     SELECT=("monai_ext.workflows.checks.*")
