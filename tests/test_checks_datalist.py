@@ -259,3 +259,6 @@ def test_load_datalist_joins_to_the_dataset_folder_and_joins_image_lists(tmp_pat
     assert load_datalist(tmp_path, "training", datalist="splits/v2.json") == [
         {"image": [str(tmp_path / "t1" / "a.nii.gz"), str(tmp_path / "t2" / "a.nii.gz")],
          "label": str(tmp_path / "seg" / "a.nii.gz")}]
+    # a decathlon test list of plain paths: the path is the entry's image, kept as stored when not a path key
+    _write(tmp_path, {"test": ["imagesTs/b.nii.gz"]})
+    assert load_datalist(tmp_path, "test", path_keys=("label",)) == [{"image": "imagesTs/b.nii.gz"}]
