@@ -8,8 +8,9 @@
 # The committed tree (git archive HEAD; REF=<commit> for another one) is unpacked into WORKDIR (default: a new
 # temporary folder) and mutated there; the checkout itself is never touched. Run again with the same WORKDIR to
 # continue an interrupted run. FUNCTION: mutant-name patterns that replace the module's selection, to re-measure
-# only the functions whose tests changed (e.g. 'monai_ext.utils.checkpoint.x__weights_only__*'). mutmut is
-# installed into .venv when missing (pip install mutmut; never torch).
+# only the functions whose tests changed (e.g. 'monai_ext.utils.checkpoint.x__weights_only__*'); then
+# BASE=<earlier WORKDIR>/results.txt makes the summary take the earlier status of every mutant not re-run
+# (scripts/mutation_summary.py --base). mutmut is installed into .venv when missing (pip install mutmut; never torch).
 # Threads: OMP_NUM_THREADS=1, MUTMUT_CHILDREN parallel mutants (default 2). Timeouts: mutmut's wall limit is
 # (estimated test time + 1 s) * MUTMUT_TIMEOUT_MULTIPLIER (default 60; mutmut's own 15 gave spurious timeouts,
 # counted as killed, on the loaded 2-core machine); changing it re-runs only the timed-out mutants.
@@ -100,5 +101,6 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 echo "mutating $FILE in $WORK; tests: ${TESTS[*]}" >&2
 "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${SELECT[@]}" || true
 "$PY" -m mutmut results --all true > "$WORK/results.txt" || true
-"$PY" "$ROOT/scripts/mutation_summary.py" "$WORK/results.txt" "$FILE" "${SELECT[@]}" | tee "$WORK/summary.txt"
+"$PY" "$ROOT/scripts/mutation_summary.py" ${BASE:+--base "$BASE"} "$WORK/results.txt" "$FILE" "${SELECT[@]}" \
+  | tee "$WORK/summary.txt"
 echo "show a mutant: cd $WORK && $PY -m mutmut show <name>" >&2
