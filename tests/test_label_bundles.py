@@ -6,8 +6,9 @@ metadata (``pred``) against the first input key (``image``), then its writer, wh
 (ITK's PNG writer accepts only unsigned char / short) and, for a classification task, reads the class scores
 from ``pred``. What a bundle must hand over for that to work, checked here:
 
-- classification: ``pred`` the score vector ``(K,)`` and no ``image`` left (``Restored`` would otherwise try to
-  resize the vector to the image grid: ``operands could not be broadcast together``);
+- classification: ``pred`` the score vector ``(K,)`` and neither ``image`` nor ``image_meta_dict`` left
+  (``Restored`` takes the image's spatial shape from either and would try to resize the vector to it:
+  ``operands could not be broadcast together``);
 - segmentation: a uint8 label of the input's geometry; a 2D label without its channel axis (``Restored`` keeps
   ``(1, H, W)`` and the writer then saves a 1 x W image);
 - metadata: the image a user sends (MONAI Label reports ``dimension`` from its ``spatial_shape``), the model zoo's
@@ -67,6 +68,7 @@ def run_like_bundle_infer_task(bundle: str, image: Path) -> dict:
     data = pre({"image": str(image)})
     with torch.no_grad():
         data["pred"] = inferer(data["image"][None], net)[0]
+    data["image_meta_dict"] = dict(data["image"].meta)  # MONAI Label's data holds it too before post-processing
     for t in post:
         data = t(data)
     return data
@@ -120,7 +122,7 @@ def test_classification_hands_over_scores_only(bundle, tmp_path):
         image = tmp_path / "breast.nii.gz"
         nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 36, 12)).astype(np.float32), np.eye(4)), image)
     out = run_like_bundle_infer_task(bundle, image)
-    assert "image" not in out  # nothing for Restored to map the scores onto
+    assert "image" not in out and "image_meta_dict" not in out  # nothing for Restored to map the scores onto
     assert isinstance(out["pred"], MetaTensor) and tuple(out["pred"].shape) == (2,)  # ClassificationWriter: .array
     assert float(out["pred"].sum()) == pytest.approx(1.0, abs=1e-5)
 
