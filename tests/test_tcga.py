@@ -224,3 +224,20 @@ def test_wsi_transformer_paper_preset():
     net = WSITransformer(2048)  # paper_wsi: Table 1, ViTWSI
     assert len(net.blocks) == 2 and net.hidden_size == 512 and net.blocks[0].attn.num_heads == 8
     assert net.blocks[0].mlp.linear1.out_features == 512
+
+
+def test_token_subsampling_and_padding_collate():
+    from monai_ext.workflows.sequences import SubsampleTokensd, pad_collate
+
+    x = torch.arange(20.0).reshape(10, 2)
+    item = {"image": x, "coords": torch.arange(20).reshape(10, 2), "label": 1}
+    assert torch.equal(SubsampleTokensd("image", 0)(item)["image"], x)  # 0 (CLI) and None: every token
+    sub = SubsampleTokensd("image", 4, random=True)
+    sub.set_random_state(0)
+    out = sub(item)
+    idx = (out["image"][:, 0] / 2).long()
+    assert len(idx) == 4 and torch.all(idx[1:] > idx[:-1]) and torch.equal(out["coords"], item["coords"][idx])
+    assert SubsampleTokensd("image", 4, random=False)(item)["image"][:, 0].tolist() == [0.0, 6.0, 12.0, 18.0]
+    batch = pad_collate([item, {**item, "image": x[:3], "coords": item["coords"][:3]}])
+    assert batch["image"].shape == (2, 10, 2) and batch["mask"].sum(1).tolist() == [10, 3]
+    assert batch["image"][1, 3:].abs().sum() == 0 and (batch["coords"][1, 3:] == -1).all()

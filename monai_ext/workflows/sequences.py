@@ -61,14 +61,15 @@ class LoadFeaturesd(MapTransform):
 
 class SubsampleTokensd(Randomizable, MapTransform):
     """At most ``max_tokens`` tokens per slide: a random subset (``random=True``, training; order kept) or evenly
-    spaced ones (``random=False``); ``None`` keeps all. ``coords_key`` follows the same selection."""
+    spaced ones (``random=False``); ``None`` or ``0`` keeps all (``0``: what a command line can pass, since
+    ``monai.bundle run`` drops ``None`` overrides). ``coords_key`` follows the same selection."""
 
     def __init__(self, keys: KeysCollection, max_tokens: int | None, random: bool = True,
                  coords_key: str | None = "coords", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if max_tokens is not None and int(max_tokens) < 1:
-            raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
-        self.max_tokens = None if max_tokens is None else int(max_tokens)
+        if max_tokens is not None and int(max_tokens) < 0:
+            raise ValueError(f"max_tokens must be >= 0 (0 or None: all tokens), got {max_tokens}")
+        self.max_tokens = None if max_tokens is None or int(max_tokens) == 0 else int(max_tokens)
         self.random = random
         self.coords_key = coords_key
 
