@@ -52,7 +52,7 @@ case "$MODULE" in
               "$M.x_tokens_to_grid__*" "$M.x_grid_to_tokens__*" "$M.x_zorder_to_raster__*" "$M.x_extract_patches__*"
               "$M.x__resize_matrix__*" "$M.x__resize_up__*" "$M.x_quadtree_unpatch__*")
     fi
-    TESTS=(tests/test_apf.py) ;;
+    TESTS=(tests/test_apf.py tests/test_apf_errors.py) ;;
   stats)  # ROC / AUROC, Youden, confusion, calibration, bootstrap indices and percentile CIs: all of it
     FILE=monai_ext/reports/stats.py
     SELECT=("monai_ext.reports.stats.*")
