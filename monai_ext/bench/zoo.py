@@ -160,6 +160,8 @@ def _table(rows: list[dict[str, Any]], paper: bool) -> str:
 def run_zoo_bench(settings: list[ZooSettings], out_md: Path, machine: MachineInfo, command: str,
                   models: dict[str, str | None] | None = None, devices: list[str] | None = None) -> dict[str, Any]:
     """Measure every setting, write ``attention_zoo.csv`` and the ``attention-zoo`` section of ``out_md``."""
+    import os
+
     import torch
 
     models = models or ZOO_MODELS
@@ -170,7 +172,7 @@ def run_zoo_bench(settings: list[ZooSettings], out_md: Path, machine: MachineInf
         rows += zoo_rows(s, models, devices)
     csv_path = write_csv(artifact_dir(out_md) / "attention_zoo.csv", rows)
     out = ["## Efficient-attention zoo in one pyramid backbone (efficient-transformers benchmark)", "",
-           machine.markdown(command), "",
+           machine.markdown(command, os.getloadavg() if hasattr(os, "getloadavg") else None), "",
            "Backbone `monai_ext.networks.PyramidTransformer` (patch 7 / stride 7, 2x2 patch merging, mean "
            "pooling, linear head; only the attention changes), preset `paper`: widths 96-192-384-768, depths "
            "2-2-6-2, heads 3-6-12-24, MLP 4x; preset `cpu`: widths 32-64-128-256, depths 1-1-2-1, heads 1-2-4-8, "
@@ -186,8 +188,6 @@ def run_zoo_bench(settings: list[ZooSettings], out_md: Path, machine: MachineInf
                 f"{s.num_classes} classes, throughput at batch {s.batch}, {s.repeats} timed repeats"
                 + (f", attention arguments {s.attention_kwargs}" if s.attention_kwargs else ""), "",
                 _table(part, s.name == "paper"), ""]
-    import os
-
     out += [f"Files: [attention_zoo.csv]({Path(os.path.relpath(csv_path, Path(out_md).parent)).as_posix()})"]
     update_section(out_md, "attention-zoo", "\n".join(out) + "\n")
     return {"rows": rows, "files": {"attention_zoo.csv": csv_path}}
