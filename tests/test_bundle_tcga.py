@@ -90,3 +90,14 @@ def test_evaluate_ddp_equals_single_process_and_inference(trained, tmp_path):
     assert len(rows) == 1 and rows[0].startswith(test[0]["slide_id"] + ",")
     skipped = json.loads((out / "skipped.json").read_text())
     assert skipped[0]["file"] == str(bad) and "unreadable feature file" in skipped[0]["reason"]
+
+
+def test_paper_overlay_is_the_papers_protocol():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CFG / "train.yaml"), str(CFG / "paper.yaml")])
+    net = parser.get_parsed_content("network_def")
+    assert (net.in_features, net.hidden_size, len(net.blocks)) == (2048, 512, 2)  # RetCCL features, Table 1
+    assert net.blocks[0].attn.num_heads == 8 and net.blocks[0].mlp.linear1.out_features == 512
+    assert parser.get("batch_size") == 1 and parser.get("epochs") == 100 and parser.get("max_tokens_train") is None
