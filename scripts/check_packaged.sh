@@ -104,8 +104,10 @@ for env in "$venv" "$here/.venv-label" "$here/.venv"; do
 done
 
 # PyPI only (its index carries each file's Requires-Python; a local mirror may not), every manylinux tag of x86_64
-platforms=(--platform linux_x86_64 --platform manylinux1_x86_64 --platform manylinux2010_x86_64)
-for v in 17 18 19 20 21 22 23 24 25 26 27 28; do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
+# (pip matches tags literally: the legacy names manylinux1 / 2010 / 2014 are listed besides manylinux_2_x)
+platforms=(--platform linux_x86_64 --platform manylinux1_x86_64 --platform manylinux2010_x86_64
+           --platform manylinux2014_x86_64)
+for v in 5 12 17 18 19 20 21 22 23 24 25 26 27 28; do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
 for pyver in 3.10 3.12; do
     env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m pip install -q --dry-run --ignore-installed \
         --only-binary=:all: --python-version "$pyver" "${platforms[@]}" --target "$work/dry_$pyver" "$TORCH_SPEC" \
