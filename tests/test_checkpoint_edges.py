@@ -165,11 +165,11 @@ def test_safe_checkpoint_loader_strict_shape_false_copies_the_matching_tensors(t
     keep their initialization, other objects are skipped with a warning; nothing matching is an error."""
     src, _ = _trained(tmp_path)
     caplog.set_level(logging.WARNING)
-    for name in ("nested.pt", "plain.pt"):
+    for name, with_opt in (("nested.pt", True), ("plain.pt", False), ("plain.pt", True)):
         dst = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
         init = {k: v.clone() for k, v in dst.state_dict().items()}
         opt = torch.optim.SGD(dst.parameters(), lr=0.1, momentum=0.9)
-        load_dict = {"model": dst, "optimizer": opt} if name == "nested.pt" else {"model": dst}
+        load_dict = {"model": dst, "optimizer": opt} if with_opt else {"model": dst}
         SafeCheckpointLoader(load_path=str(tmp_path / name), load_dict=load_dict, strict_shape=False)(_engine())
         for k in ("0.weight", "0.bias"):
             torch.testing.assert_close(dst.state_dict()[k], src.state_dict()[k], rtol=0, atol=0)
@@ -177,7 +177,7 @@ def test_safe_checkpoint_loader_strict_shape_false_copies_the_matching_tensors(t
             torch.testing.assert_close(dst.state_dict()[k], init[k], rtol=0, atol=0)
         assert not opt.state_dict()["state"]  # the optimizer is not restored
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "strict_shape is False: loading the model only, not 'optimizer'"]
+        "strict_shape is False: loading the model only, not 'optimizer'"] * 2
     other = torch.nn.Sequential(torch.nn.Linear(5, 6))
     with pytest.raises(CheckpointMismatchError, match=r"plain\.pt: no tensor matches 'model' by name and shape"):
         SafeCheckpointLoader(load_path=str(tmp_path / "plain.pt"), load_dict={"model": other},

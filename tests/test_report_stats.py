@@ -56,6 +56,8 @@ def test_check_binary_lists_at_most_five_bad_labels():
 
 def test_bootstrap_indices_follow_the_documented_seeded_draws():
     """``default_rng(seed).integers`` over cases; stratified: all positive draws, then all negative draws."""
+    with pytest.raises(ValueError, match=r"^bootstrap needs at least one case$"):
+        stats.bootstrap_indices(-1, 3, seed=0)
     np.testing.assert_array_equal(stats.bootstrap_indices(7, 30, seed=1),
                                   np.random.default_rng(1).integers(0, 7, size=(30, 7)))
     y = np.array([1, 0, 0, 1, 0])
