@@ -119,7 +119,8 @@ class PerformerAttention(MultiHeadAttentionBase):
     Args:
         num_features: ``m``; default ``int(d ln d)`` (the Performer paper).
         redraw_interval: redraw the features every this many training forward passes; None or 0: never.
-            In eval mode the features never change.
+            In eval mode the features never change. The features are a buffer (saved and restored with the
+            weights); the pass counter is not, so a resumed run counts its interval afresh.
         feature_eps: ``eps`` above (1e-4 as the reference implementation).
     """
 
