@@ -3,6 +3,7 @@
 A ``MetaTensor`` rejects some tensor-factory call forms that a plain tensor accepts (``x.new_empty(a, b, c)``
 without a tuple raised inside the softmax-free fold and broke every bundle run), so each registered attention is
 run on a ``MetaTensor`` and compared with the same input as a plain tensor, at N below and above the hidden size.
+Every type gets the tokens' grid (``window`` needs it; the others ignore it).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ def test_attention_accepts_metatensor(name: str, tokens: int) -> None:
     x = torch.randn(2, tokens, 32)
     mask = torch.ones(2, tokens, dtype=torch.bool)
     mask[1, tokens // 2:] = False
+    grid = [2, tokens // 2]
     with torch.no_grad():
-        ref = attn(x, mask)
-        out = attn(MetaTensor(x.clone()), mask)
+        ref = attn(x, mask, grid)
+        out = attn(MetaTensor(x.clone()), mask, grid)
     torch.testing.assert_close(torch.as_tensor(out), ref)
 
 
