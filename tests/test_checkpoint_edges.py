@@ -184,7 +184,7 @@ def test_safe_checkpoint_loader_strict_shape_false_copies_the_matching_tensors(t
                              strict_shape=False)(_engine())
 
 
-def test_safe_checkpoint_loader_strict_map_location_and_max_epochs(tmp_path):
+def test_safe_checkpoint_loader_strict_map_location_and_max_epochs(tmp_path, caplog):
     src, opt = _trained(tmp_path)
     state = {k: v for k, v in src.state_dict().items() if k != "1.bias"}
     torch.save(state, tmp_path / "partial.pt")
@@ -208,9 +208,14 @@ def test_safe_checkpoint_loader_strict_map_location_and_max_epochs(tmp_path):
     # resuming: the trainer's epoch comes from the checkpoint, its max_epochs stays the engine's own
     trainer = _engine(max_epochs=8)
     opt2 = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"),
-                         load_dict={"model": net, "optimizer": opt2, "trainer": trainer})(trainer)
+    with caplog.at_level(logging.INFO):
+        SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"),
+                             load_dict={"model": net, "optimizer": opt2, "trainer": trainer})(trainer)
+    assert f"Restored all variables from {tmp_path / 'nested.pt'}" in [r.getMessage() for r in caplog.records]
     assert (trainer.state.epoch, trainer.state.max_epochs) == (5, 8)
+    done = _engine(max_epochs=5)  # a finished run: epoch 5 of 5 loads
+    SafeCheckpointLoader(load_path=str(tmp_path / "nested.pt"), load_dict={"trainer": done})(done)
+    assert (done.state.epoch, done.state.max_epochs) == (5, 5)
     torch.testing.assert_close(opt2.state_dict()["state"][0]["momentum_buffer"],
                                opt.state_dict()["state"][0]["momentum_buffer"])
     short = _engine(max_epochs=3)
