@@ -35,10 +35,17 @@ def test_confusion_at_and_rates_on_one_class_and_edges():
     assert stats.confusion_at([0.1, 0.2, 0.3], [0, 0, 0], 0.5) == {"tn": 3, "fp": 0, "fn": 0, "tp": 0}
     assert stats.confusion_at([0.6, 0.7], [1, 1], 0.5) == {"tn": 0, "fp": 0, "fn": 0, "tp": 2}
     assert stats.confusion_at([0.5, 0.5, 0.4], [0, 1, 1], 0.5) == {"tn": 0, "fp": 1, "fn": 1, "tp": 1}  # on the edge
-    r = stats.rates_from_confusion(3, 0, 0, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a zero denominator gives NaN, silently
+        r = stats.rates_from_confusion(3, 0, 0, 0)
     assert r["accuracy"] == 1.0 and r["specificity"] == 1.0 and np.isnan(r["sensitivity"])
     for v in r.values():
         assert v.dtype == np.float64
+    # counts of a small integer type: no wrap-around (300 cases in uint8), float64 out
+    u8 = stats.rates_from_confusion(*(np.array([v], np.uint8) for v in (200, 100, 0, 100)))
+    assert u8["accuracy"].tolist() == [0.75] and u8["specificity"].dtype == np.float64
+    f32 = stats.rates_from_confusion(*(np.array([v], np.float32) for v in (1, 2, 3, 4)))
+    assert all(v.dtype == np.float64 for v in f32.values()) and f32["sensitivity"].tolist() == [4 / 7]
 
 
 def test_check_binary_lists_at_most_five_bad_labels():
