@@ -241,3 +241,25 @@ def test_token_subsampling_and_padding_collate():
     batch = pad_collate([item, {**item, "image": x[:3], "coords": item["coords"][:3]}])
     assert batch["image"].shape == (2, 10, 2) and batch["mask"].sum(1).tolist() == [10, 3]
     assert batch["image"][1, 3:].abs().sum() == 0 and (batch["coords"][1, 3:] == -1).all()
+
+
+class _Payload:
+    """Unpickling this would create ``marker`` (it never runs: feature files load weights-only)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pt_feature_file_with_pickled_code_is_refused(tmp_path):
+    from monai_ext.data.common import DataError
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "pt_files" / "TCGA-05-0001-01Z-00-DX1.x.pt"
+    path.parent.mkdir()
+    torch.save({"features": torch.ones(3, 4), "coords": torch.zeros(3, 2), "evil": _Payload(marker)}, path)
+    with pytest.raises(DataError, match=r"TCGA-05-0001-01Z-00-DX1\.x\.pt: unreadable feature file"):
+        read_features(path)
+    assert not marker.exists()
