@@ -263,3 +263,12 @@ def test_pt_feature_file_with_pickled_code_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"TCGA-05-0001-01Z-00-DX1\.x\.pt: unreadable feature file"):
         read_features(path)
     assert not marker.exists()
+
+
+def test_slide_tiles_over_the_size_limit_are_refused_before_decoding(monkeypatch):
+    from monai_ext.data.limits import ENV_PIXELS
+    from monai_ext.features import SlideError
+
+    monkeypatch.setenv(ENV_PIXELS, "1000")  # one 240 x 240 JPEG tile of the SVS is 172,800 values
+    with pytest.raises(SlideError, match=r"cmu_small_region\.svs: level 0 tile header declares 240x240x3"):
+        TiledSlide(SVS)

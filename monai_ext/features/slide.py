@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from monai_ext.data.common import DataError
+from monai_ext.data.limits import check_size
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SLIDE_SUFFIXES", "SlideError", "TiledSlide", "find_slides", "slide_mpp"]
@@ -100,6 +103,13 @@ class TiledSlide:
         except Exception as e:  # noqa: BLE001 - not a TIFF, truncated, unsupported
             raise SlideError(self.path, f"cannot open as a tiled TIFF / SVS ({type(e).__name__}: {e})") from None
         self.levels = [(int(p.imagelength), int(p.imagewidth)) for p in self.pages]
+        try:  # one tile / strip of every level must fit the size limits (monai_ext.data.limits), header only
+            for i, p in enumerate(self.pages):
+                rows = int(p.tilelength) if p.is_tiled else min(int(p.rowsperstrip or p.imagelength), self.levels[i][0])
+                cols = int(p.tilewidth) if p.is_tiled else self.levels[i][1]
+                check_size(self.path, (rows, cols, int(p.samplesperpixel)), 1, f"level {i} tile")
+        except DataError as e:
+            raise SlideError(self.path, e.problem) from None
         for i, p in enumerate(self.pages):
             if p.samplesperpixel < 3:
                 raise SlideError(self.path, f"level {i} has {p.samplesperpixel} channel(s); an RGB slide is needed")
