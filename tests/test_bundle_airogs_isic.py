@@ -78,7 +78,7 @@ def test_airogs_finetune_from_softmax_evaluate_infer(airogs_data, tmp_path):
     assert not torch.equal(tuned["patch_embedding.patch_embeddings.weight"],
                            softmax["patch_embedding.patch_embeddings.weight"])  # trained after the transfer
 
-    run_bundle(AIROGS, ["train.yaml", "finetune_from_softmax.yaml", "evaluate.yaml"], **io)
+    run_bundle(AIROGS, ["train.yaml", "finetune_from_softmax.yaml", "evaluate.yaml"], report_bootstrap=100, **io)
     run = json.loads((tmp_path / "eval" / "provenance.json").read_text())["run"]
     assert run["name"] == "airogs_glaucoma_classification (fine-tuned from softmax)"  # its own row in compare
     assert run["variant"]["attention"] == "softmax_free"
@@ -96,7 +96,7 @@ def test_isic_weighted_sampler_evaluate_infer(isic_data, tmp_path):
     io = _io(tmp_path, isic_data)
     proc = run_bundle(ISIC, ["train.yaml"], "training", epochs=1, imbalance="sampler", **io)
     assert "imbalance=sampler: class counts" in proc.stdout + proc.stderr
-    run_bundle(ISIC, ["train.yaml", "evaluate.yaml"], imbalance="sampler", **io)
+    run_bundle(ISIC, ["train.yaml", "evaluate.yaml"], imbalance="sampler", report_bootstrap=100, **io)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     test = json.loads((isic_data / "datalist_32.json").read_text())["test"]
     assert metrics["n_cases"] == len(test) and metrics["n_positive"] == sum(e["label"] for e in test)
