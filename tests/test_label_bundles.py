@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = ROOT / "bundles"
 #: the bundles checked in MONAI Label's stock app (scripts/test_monailabel.sh)
 LABEL_BUNDLES = ["vindr_cxr_cardiomegaly_classification", "duke_breast_mri_classification",
-                 "apf_unetr_btcv_segmentation", "apf_unetr_paip_segmentation"]
+                 "apf_unetr_btcv_segmentation", "apf_unetr_paip_segmentation",
+                 "airogs_glaucoma_classification", "isic_melanoma_classification"]
 TINY_SIZES = {"hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4, "dim_head": None, "feature_size": 4}
 
 
@@ -113,9 +114,13 @@ def test_image_network_checks_catch_a_wrong_output():
         bt.check_image_network(bundle, no_unpatch)
 
 
-@pytest.mark.parametrize("bundle", ["vindr_cxr_cardiomegaly_classification", "duke_breast_mri_classification"])
+@pytest.mark.parametrize("bundle", ["vindr_cxr_cardiomegaly_classification", "duke_breast_mri_classification",
+                                    "airogs_glaucoma_classification", "isic_melanoma_classification"])
 def test_classification_hands_over_scores_only(bundle, tmp_path):
-    if "vindr" in bundle:
+    if "airogs" in bundle or "isic" in bundle:  # an RGB photograph
+        image = tmp_path / "photo.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    elif "vindr" in bundle:
         image = tmp_path / "cxr.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 80), dtype=np.uint8)).save(image)
     else:
