@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "inferers": {"transforms", "utils"},
     "metrics": {"transforms", "utils"},
-    "reports": {"transforms", "utils"},
+    "reports": {"metrics", "transforms", "utils"},
     "workflows": {"data", "inferers", "transforms", "utils"},
     "bundle": {"utils"},
     "bench": {"data", "networks", "transforms", "utils"},

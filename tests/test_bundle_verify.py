@@ -32,6 +32,9 @@ BUNDLES_DIR = ROOT / "bundles"
 SCHEMA = Path(str(importlib.resources.files("monai_ext.bundle") / bt.SCHEMA_NAME))  # shipped as package data
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 BUNDLES = list(bt.BUNDLE_NAMES)
+#: bundles whose network TorchScript cannot compile (a known gap, see the bundle's docs/README.md): MONAI's
+#: PatchMergingV2 (itertools.product) and the efficient-attention zoo (math.prod, torch.finfo) in the pyramid backbone
+NOT_SCRIPTABLE = {"brain_mri_efficient_attention_classification"}
 #: tiny sizes for the transformer presets; the inputs keep the metadata's shapes
 TINY_SIZES = {"hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4, "dim_head": None, "feature_size": 4}
 
@@ -41,6 +44,8 @@ def tiny_overrides(bundle: str) -> dict:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.yaml"))
     cpu = parser.get("presets#cpu")
+    if cpu is None:  # presets kept in monai_ext (PyramidTransformer's "cpu" preset is already tiny)
+        return {}
     tiny = {k: TINY_SIZES.get(k, v) for k, v in cpu.items()}
     return {"preset": "tiny", "presets#tiny": tiny}
 
@@ -136,11 +141,15 @@ def test_torchscript_and_onnx_parity(bundle, tmp_path):
 
     # MONAI's ckpt_export; the TorchScript file carries the bundle's metadata and config
     ts_path = tmp_path / "model.ts"
-    assert bt.export_torchscript(BUNDLES_DIR / bundle, ckpt, ts_path, over) <= 1e-4
-    extra = {"metadata.json": "", "inference.json": ""}
-    ts = torch.jit.load(str(ts_path), _extra_files=extra).eval()
-    assert json.loads(extra["metadata.json"])["version"] == meta(bundle)["version"]
-    assert "network_def" in json.loads(extra["inference.json"])
+    if bundle in NOT_SCRIPTABLE:  # known gap: the export fails with TorchScript's error, not silently
+        with pytest.raises(RuntimeError, match="[Tt]orch[Ss]cript|not supported|cannot be used"):
+            bt.export_torchscript(BUNDLES_DIR / bundle, ckpt, ts_path, over)
+    else:
+        assert bt.export_torchscript(BUNDLES_DIR / bundle, ckpt, ts_path, over) <= 1e-4
+        extra = {"metadata.json": "", "inference.json": ""}
+        ts = torch.jit.load(str(ts_path), _extra_files=extra).eval()
+        assert json.loads(extra["metadata.json"])["version"] == meta(bundle)["version"]
+        assert "network_def" in json.loads(extra["inference.json"])
 
     # independent comparison on a fresh input (batch 2), and on the masked path for APF-UNETR, whose network
     # takes the APF pseudo-image (sqrt(num_tokens) * patch_size square) and a leaf mask, not the metadata's image
@@ -152,7 +161,8 @@ def test_torchscript_and_onnx_parity(bundle, tmp_path):
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = net(x)
-        torch.testing.assert_close(ts(x), ref, atol=1e-4, rtol=0)
+        if bundle not in NOT_SCRIPTABLE:
+            torch.testing.assert_close(ts(x), ref, atol=1e-4, rtol=0)
         if uses_mask:
             mask = torch.ones(2, net.num_tokens, dtype=torch.bool)
             mask[0, -7:] = False

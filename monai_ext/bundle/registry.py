@@ -20,6 +20,7 @@ BUNDLE_DATASETS: dict[str, str] = {
     "apf_unetr_paip_segmentation": "paip",
     "airogs_glaucoma_classification": "airogs",
     "isic_melanoma_classification": "isic",
+    "brain_mri_efficient_attention_classification": "radimagenet_brain",
 }
 BUNDLE_NAMES: tuple[str, ...] = tuple(BUNDLE_DATASETS)
 INFERENCE_CONFIG = "inference.yaml"

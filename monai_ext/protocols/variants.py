@@ -27,6 +27,9 @@ _SFN_DEFAULT = ["softmax", "sima", "softmax_free"]
 _APF = {"apf": {}, "uniform": {"apf#mode": "uniform",
                                "apf#num_tokens": "$(@image_size // @apf#patch_size) ** 2"}}
 
+# the efficient-transformers benchmark's attentions, then the project's two
+_ZOO = ["softmax", "linformer", "performer", "fastformer", "xca", "window", "softmax_free", "sima"]
+
 # AIROGS / ISIC CPU size (the demo's): 64 px RGB at patch 16 (16 tokens), 20 epochs
 _PHOTO_CPU = {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}
 
@@ -61,6 +64,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "files": ["configs/finetune_from_softmax.yaml"], "overrides": {"ckpt": "{out}/softmax/models/model.pt"}}},
         "default": ["softmax", "sima", "softmax_free", "finetune_softmax_free"],
         "overlays": {"cpu": {"files": [], "overrides": _PHOTO_CPU},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
+    # every attention in the pyramid backbone, and MONAI's ResNet-50 (overlay configs/resnet50.yaml)
+    "brain_mri_efficient_attention_classification": {
+        "variants": {**{a: {"network_def#attention": a} for a in _ZOO},
+                     "resnet50": {"files": ["configs/resnet50.yaml"], "overrides": {}}},
+        "default": [*_ZOO, "resnet50"],
+        "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
                      "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
     },
     "isic_melanoma_classification": {

@@ -109,6 +109,22 @@ def _classification_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _multiclass_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| Dataset | Attention | Top-1 | Top-5 | Balanced accuracy (chance) | Macro AUROC | Cases |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (_dataset_label(r), str(r["variant"].get("attention", "n/a")))):
+        m = r["metrics"]
+        top_k = m.get(f"top{m.get('top_k', 5)}")
+        lines.append("| " + " | ".join([
+            _dataset_label(r), ATTENTION_LABELS.get(str(r["variant"].get("attention")),
+                                                    str(r["variant"].get("attention", "n/a"))),
+            _fmt(m.get("top1")), _fmt(top_k), f"{_fmt(m.get('balanced_accuracy'))} ({_fmt(m.get('chance'))})",
+            _fmt(m.get("macro_auroc")), _fmt(m.get("n_cases"))]) + " |")
+    lines += ["", "Top-k accuracy, balanced accuracy (mean recall over classes) and macro one-vs-rest AUROC on the "
+                  "evaluated split (no CIs)."]
+    return lines
+
+
 def _segmentation_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [("| Dataset | Model | Attention | Patch | Tokens | Mean leaves / image | s / image | s / case | "
               "Mean Dice (CI) | Cases |"), "|---|---|---|---|---|---|---|---|---|---|"]
@@ -136,8 +152,15 @@ def compare_table(folders: Sequence[str | Path]) -> str:
     out = ["# Evaluation comparison", ""]
     cls = [r for r in runs if r["task"] == "classification"]
     seg = [r for r in runs if r["task"] == "segmentation"]
+    multi = [r for r in runs if r["task"] == "multiclass"]
+    other = [r["dir"] for r in runs if r["task"] not in ("classification", "segmentation", "multiclass")]
+    if other:
+        raise ValueError(f"unknown task in metrics.json of {other} (expected classification, multiclass or "
+                         "segmentation)")
     if cls:
         out += ["## Classification: AUROC by attention type", "", *_classification_table(cls), ""]
+    if multi:
+        out += ["## Multi-class classification by attention type", "", *_multiclass_table(multi), ""]
     if seg:
         out += ["## Segmentation: APF vs uniform patching", "", *_segmentation_table(seg), ""]
     costs = [r for r in runs if r.get("cost")]

@@ -8,7 +8,10 @@ computes no metric of its own but reads what the evaluator already computed.
   left in ``engine.state.report_overlays``; from each post-processed case only its id, number of 2D images and
   (with ``apf``) APF leaves;
 - classification: each case's post-processed probability and label (read once per case); the second operating
-  point from a given threshold or Youden's threshold on the validation split (:mod:`~monai_ext.reports.threshold`).
+  point from a given threshold or Youden's threshold on the validation split (:mod:`~monai_ext.reports.threshold`);
+- multiclass (three or more classes): each case's class probabilities and label; top-1 / top-k accuracy, balanced
+  accuracy, macro AUROC, per-class table, confusion matrix and gradient saliency maps of the first
+  ``saliency_per_class`` evaluated images of every class (:mod:`~monai_ext.reports.multiclass`).
 
 Attach it in ``evaluate.yaml``'s ``validate#handlers`` after the metric handlers' consumers, e.g.::
 
@@ -45,6 +48,7 @@ from typing import Any
 from .cases import case_id_of, classification_record, mean_leaves, scored_class_names, segmentation_records
 from .checkpoint import check_checkpoint
 from .distributed import gather_records, world
+from .multiclass import multiclass_record, saliency_items
 from .provenance import resolve_config
 from .run_record import evaluation_provenance
 from .threshold import load_threshold, validation_records
@@ -60,9 +64,9 @@ class EvaluationReport:
 
     Args:
         output_dir: folder to write (created).
-        task: ``"classification"`` (binary) or ``"segmentation"``.
-        class_names: classification: ``[negative, positive]``; segmentation: all output channels (background
-            first) or the scored ones only.
+        task: ``"classification"`` (binary), ``"multiclass"`` or ``"segmentation"``.
+        class_names: classification: ``[negative, positive]``; multiclass: one per class; segmentation: all output
+            channels (background first) or the scored ones only.
         positive_index: channel of ``pred`` holding the positive-class probability (classification).
         name: run / bundle name shown in the report and used by ``monai-ext report compare``.
         variant: resolved settings that identify the variant (e.g. ``{"attention": "@network_def#attention"}``);
@@ -80,6 +84,8 @@ class EvaluationReport:
             (segmentation; HD95 is optional).
         apf: APF parameters (the bundle's ``@apf``): the quadtree of every evaluated 2D image (each axial slice
             of a volume) is planned to count its leaves.
+        saliency_per_class: multiclass: images of each true class kept for the saliency figure (2D; 0: none);
+            kept on rank 0 in DDP.
         image_key, label_key, pred_key: keys of the engine output.
         network, ckpt_key: deprecated: with ``ckpt_path``, the checkpoint is checked against ``network`` at attach
             (:func:`~monai_ext.reports.check_checkpoint`; the bundles call it in ``initialize``). Arguments of the
@@ -108,6 +114,7 @@ class EvaluationReport:
         dice_key: str = "mean_dice",
         hd95_key: str = "hd95",
         apf: Mapping[str, Any] | None = None,
+        saliency_per_class: int = 1,
         image_key: str = "image",
         label_key: str = "label",
         pred_key: str = "pred",
@@ -119,8 +126,10 @@ class EvaluationReport:
             raise TypeError(f"EvaluationReport no longer takes {sorted(removed)}: it reads the evaluator's metric "
                             f"details; HD95 units are set on the metric (monai_ext.reports.SpacedHausdorffDistance), "
                             f"overlays by monai_ext.reports.SegmentationOverlays (see docs/reports.md)")
-        if task not in ("classification", "segmentation"):
-            raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+        if task not in ("classification", "multiclass", "segmentation"):
+            raise ValueError(f"task must be 'classification', 'multiclass' or 'segmentation', got {task!r}")
+        if int(saliency_per_class) < 0:
+            raise ValueError(f"saliency_per_class must be >= 0, got {saliency_per_class}")
         if validation_data is not None and threshold is not None:
             raise ValueError("give validation_data (Youden threshold chosen on it) or threshold, not both")
         if validation_data is not None and postprocessing is None:
@@ -149,6 +158,8 @@ class EvaluationReport:
         self.threshold, self.threshold_source = load_threshold(threshold)
         self.dice_key, self.hd95_key = dice_key, hd95_key
         self.apf = dict(apf) if apf else None
+        self.saliency_per_class = int(saliency_per_class)
+        self._kept: list[dict[str, Any]] = []
         self.image_key, self.label_key, self.pred_key = image_key, label_key, pred_key
         # deprecated (configs written before the checkpoint check moved to ``initialize``): still checked at attach
         self._legacy_check = (network, ckpt_key) if network is not None and ckpt_path is not None else None
@@ -181,6 +192,7 @@ class EvaluationReport:
 
     def _started(self, engine: Any) -> None:
         self.records = []
+        self._kept = []
         self._t0 = time.perf_counter()
 
     def _case_id(self, item: Mapping[str, Any]) -> str:
@@ -195,6 +207,8 @@ class EvaluationReport:
         leaves); the Dice / HD95 rows are joined at the end from the metric details."""
         if self.task == "classification":
             rec = classification_record(item, self.pred_key, self.label_key, self.positive_index)
+        elif self.task == "multiclass":
+            rec = multiclass_record(item, self.pred_key, self.label_key)
         else:
             pred = item[self.pred_key]
             spatial = pred.ndim - 1
@@ -210,7 +224,12 @@ class EvaluationReport:
 
         out = engine.state.output
         for item in (decollate_batch(out) if isinstance(out, Mapping) else out):
-            self.records.append(self._record(item))
+            rec = self._record(item)
+            self.records.append(rec)
+            if self.task == "multiclass" and item.get(self.image_key) is not None and \
+                    sum(k["label"] == rec["label"] for k in self._kept) < self.saliency_per_class:
+                self._kept.append({"image": item[self.image_key].detach().cpu(), "label": rec["label"],
+                                   "case_id": rec["case_id"]})
 
     # ------------------------------------------------------------------ end of run
     def _segmentation(self, engine: Any, cases: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], str]:
@@ -238,8 +257,16 @@ class EvaluationReport:
         if not records:
             raise ValueError(f"no cases were evaluated in split {self.split!r}: nothing to report")
         names, hd_unit = self.class_names, "voxel"
+        saliency = None
         if self.task == "segmentation":
             records, names, hd_unit = self._segmentation(engine, records)
+        elif self.task == "multiclass":
+            k = len(records[0]["probabilities"])
+            names = names or [f"class_{c}" for c in range(k)]
+            if len(names) != k:
+                raise ValueError(f"class_names has {len(names)} names but '{self.pred_key}' has {k} classes")
+            kept = sorted(self._kept, key=lambda r: (r["label"], r["case_id"]))
+            saliency = saliency_items(engine.network, kept, names) if kept else None
         cfg, cfg_source = resolve_config(self.config)
         n_cases = len(records)
         n_images = sum(int(r.get("num_images", 1) or 1) for r in records)
@@ -257,4 +284,4 @@ class EvaluationReport:
             self.output_dir, self.task, records, prov, class_names=names, validation_records=validation,
             threshold=self.threshold, threshold_source=self.threshold_source, n_bootstrap=self.n_bootstrap,
             seed=self.seed, ci_level=self.ci_level, hd95_unit=hd_unit, apf=self.apf,
-            overlays=getattr(engine.state, "report_overlays", None) or (), config=cfg)
+            overlays=getattr(engine.state, "report_overlays", None) or (), config=cfg, saliency=saliency)

@@ -183,8 +183,13 @@ def build_blocks(metrics: Mapping[str, Any], prov: Mapping[str, Any],
     blocks: list[Block] = [("h1", f"Evaluation report: {name}")]
     blocks += _run_blocks(metrics, prov)
     split = prov.get("run", {}).get("split") or "test"
-    blocks += (_classification_blocks(metrics, split) if metrics["task"] == "classification"
-               else _segmentation_blocks(metrics))
+    if metrics["task"] == "multiclass":
+        from .multiclass import multiclass_blocks
+
+        blocks += multiclass_blocks(metrics, split)
+    else:
+        blocks += (_classification_blocks(metrics, split) if metrics["task"] == "classification"
+                   else _segmentation_blocks(metrics))
     if figures:
         blocks.append(("h2", "Figures"))
         blocks += [("img", f, c) for f, c in figures]

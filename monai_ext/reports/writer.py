@@ -141,6 +141,7 @@ def write_report(
     overlays: Sequence[Mapping[str, Any]] = (),
     config: Mapping[str, Any] | None = None,
     min_ci_cases: int = MIN_CI_CASES,
+    saliency: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Summarise ``records`` and write the evaluation folder; returns the (rounded) metrics.
 
@@ -151,9 +152,11 @@ def write_report(
     ``overlays``: dicts with ``image`` ``(C, H, W)``, ``label`` / ``pred`` ``(H, W)`` class maps, ``title``
     and optionally ``caption``, ``leaves`` ``(L, 3)``, ``scale`` and ``class_names`` (all classes, background
     first; default: "background" + ``class_names``) (segmentation only).
+
+    ``saliency``: multiclass only, :func:`~monai_ext.reports.multiclass.saliency_items`' dicts (the figure).
     """
-    if task not in ("classification", "segmentation"):
-        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+    if task not in ("classification", "multiclass", "segmentation"):
+        raise ValueError(f"task must be 'classification', 'multiclass' or 'segmentation', got {task!r}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "ci_level": ci_level, "min_ci_cases": min_ci_cases}
@@ -170,6 +173,16 @@ def write_report(
             figures.append(("roc.png", "ROC curve with the pointwise bootstrap band and the operating points"))
         figs.reliability_figure(curves, out / "reliability.png")
         figures.append(("reliability.png", "Reliability diagram and predicted probabilities by true class"))
+    elif task == "multiclass":
+        from .multiclass import multiclass_summary, saliency_figure, write_multiclass_csv
+
+        recs = sort_records(records)
+        metrics = multiclass_summary(recs, class_names)
+        write_multiclass_csv(out / "per_case.csv", recs, metrics["class_names"])
+        if saliency:
+            saliency_figure(saliency, metrics["class_names"], out / "saliency.png")
+            figures.append(("saliency.png", "Gradient saliency |d logit / d image| of the predicted class "
+                                            "(MONAI VanillaGrad), first evaluated image(s) of each class"))
     else:
         if not class_names:
             n = len(np.asarray(records[0]["dice"]).reshape(-1)) if records else 0
