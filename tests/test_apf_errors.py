@@ -63,6 +63,9 @@ def test_zorder_helper_errors():
                                                    "L = S*S tokens (e.g. 9 or 16); use layout='patches'")):
         grid_side(10)
     assert grid_side(1) == 1 and grid_side(49) == 7
+    assert [a.tolist() for a in zorder_grid(1)] == [[0], [0]]  # a one-token grid
+    for dtype in (np.uint8, np.float32):  # the grid keeps the tokens' dtype
+        assert tokens_to_grid(np.ones((1, 2, 3, 3), dtype)).dtype == dtype
     with pytest.raises(ValueError, match=re.escape("tokens must be (L, C, p, p), got (4, 1, 2, 3).")):
         tokens_to_grid(np.zeros((4, 1, 2, 3)))
     for bad in (np.zeros((1, 4, 6)), np.zeros((4, 4)), np.zeros((1, 6, 6))):
