@@ -83,9 +83,12 @@ DEMO_SETTINGS: dict[str, tuple[int, dict, dict]] = {
     # for a test split of a CPU demo, so the demo synthesizes more (DEMO_SYNTH_OPTIONS)
     "airogs": (600, {"resolutions": [64]}, {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}),
     "isic": (1000, {"resolutions": [64]}, {"image_size": 64, "patch_size": 16, "epochs": 20, "num_workers": 0}),
+    # the bundle's CPU defaults at 56 px; 40 images per class (its docs/README.md measurement)
+    "radimagenet_brain": (400, {"resolutions": [56]}, {"num_workers": 0}),
 }
 #: dataset -> options of its generator for the demo (default: the generator's own)
-DEMO_SYNTH_OPTIONS: dict[str, dict] = {"airogs": {"rg_fraction": 0.3}, "isic": {"malignant_fraction": 0.1}}
+DEMO_SYNTH_OPTIONS: dict[str, dict] = {"airogs": {"rg_fraction": 0.3}, "isic": {"malignant_fraction": 0.1},
+                                       "radimagenet_brain": {"balanced": True}}
 #: bundle -> (dataset name, synthetic cases, prepare options, train overrides) of the demo
 DEMO_BUNDLES: dict[str, tuple[str, int, dict, dict]] = {
     name: (dataset, *DEMO_SETTINGS[dataset]) for name, dataset in BUNDLE_DATASETS.items()
