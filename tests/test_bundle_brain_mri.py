@@ -101,3 +101,30 @@ def test_resnet50_overlay_trains(brain_data, tmp_path):
 
     net = _one_step(tmp_path, brain_data, ["train.yaml", "resnet50.yaml"])
     assert isinstance(net, ResNet) and net.fc.out_features == 10
+
+
+def test_paper_table_variants_cover_every_attention_and_resnet50(tmp_path):
+    from monai_ext.networks.attention import ATTENTION_REGISTRY
+    from monai_ext.protocols.paper_table import variant_spec
+    from monai_ext.protocols.variants import bundle_variants
+
+    spec = bundle_variants(BRAIN)
+    assert spec["default"] == ["softmax", *ATTENTIONS, "softmax_free", "sima", "resnet50"]
+    assert set(spec["default"]) - {"resnet50"} <= set(ATTENTION_REGISTRY)
+    assert variant_spec(spec["variants"]["resnet50"], tmp_path) == (["configs/resnet50.yaml"], {})
+    assert variant_spec(spec["variants"]["fastformer"], tmp_path) == ([], {"network_def#attention": "fastformer"})
+    for overlay in spec["overlays"].values():
+        assert all((BRAIN / f).is_file() for f in overlay["files"])
+
+
+def test_paper_overlay_builds_the_benchmark_network():
+    """configs/paper.yaml: the ~28M-parameter pyramid at 224 px (28.27M with a 1000-class head; 10 classes here)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BRAIN / "configs" / f) for f in ("train.yaml", "paper.yaml")])
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    n = sum(p.numel() for p in net.parameters())
+    assert net.img_size == (224, 224) and net.stage_grids[0] == [32, 32]
+    assert 27.0e6 < n < 28.3e6, n
+    assert parser.get_parsed_content("epochs") == 100 and parser.get_parsed_content("imbalance") == "none"
