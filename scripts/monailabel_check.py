@@ -63,6 +63,8 @@ CHECKS: dict[str, dict] = {
                "train": {"batch_size": 4}, "datalist": "datalist_224.json"},
     "isic": {"synth": {"cases": 40, "malignant_fraction": 0.3, "images_per_patient": 3},
              "prepare": {"resolutions": [224]}, "train": {"batch_size": 4}, "datalist": "datalist_224.json"},
+    "radimagenet_brain": {"synth": {"cases": 30, "balanced": True, "min_per_class": 3},
+                          "prepare": {"resolutions": [56]}, "train": {"batch_size": 4}, "datalist": "datalist_56.json"},
 }
 #: per bundle (the project's list, monai_ext.bundle.registry): dataset module and the settings above
 BUNDLES: dict[str, dict] = {name: {"dataset": ds, **CHECKS[ds]} for name, ds in BUNDLE_DATASETS.items()}
