@@ -127,3 +127,37 @@ def test_unpatch_modes_crop_and_integer_tokens():
     assert ints.dtype == np.float32 and (ints == 3).all()
     thr = quadtree_unpatch(t.numpy(), meta, layout="patches", mode="bicubic", threshold=0.5, crop=False)
     np.testing.assert_array_equal(thr, (full.numpy() > 0.5).astype(np.float32))
+
+
+def test_unpatch_with_autograd_matches_and_passes_gradients():
+    """Tokens that require grad (training through unpatching) take the index_put path: same values, and every
+    real token gets the gradient of the pixels it covers (its box area / p^2 per element for a constant resize)."""
+    rng = np.random.default_rng(2)
+    edges = np.zeros((24, 20), bool)
+    edges[5, 5] = True
+    _, meta = quadtree_patch(rng.random((1, 24, 20)).astype(np.float32), patch_size=2, num_tokens=16, edges=edges,
+                             layout="patches")
+    t = torch.from_numpy(rng.random((16, 3, 2, 2)).astype(np.float32))
+    for kw in (dict(), dict(mode="nearest", crop=False), dict(argmax=True), dict(threshold=0.5)):
+        ref = quadtree_unpatch(t, meta, layout="patches", **kw)
+        got = quadtree_unpatch(t.clone().requires_grad_(True), meta, layout="patches", **kw)
+        torch.testing.assert_close(got.detach(), ref, rtol=0, atol=1e-6)
+    g = t.clone().requires_grad_(True)
+    quadtree_unpatch(g, meta, layout="patches", mode="nearest", crop=False).sum().backward()
+    n = meta["num_leaves"]
+    sizes = torch.as_tensor(meta["leaves"][:n, 2], dtype=torch.float32)
+    torch.testing.assert_close(g.grad[:n], ((sizes / 2) ** 2)[:, None, None, None].expand(n, 3, 2, 2))
+    assert not g.grad[n:].any()  # padding tokens are ignored
+
+
+def test_padding_value_and_threshold_edge():
+    img = np.ones((1, 20, 32), np.float32)
+    grid, meta = quadtree_patch(img, patch_size=4, mode="uniform", min_size=8, layout="patches")
+    rows = meta["leaves"][:, 0]
+    assert (grid[rows >= 24] == 0).all() and (grid[rows < 16] == 1).all()  # padding rows count as 0 by default
+    edge = grid[rows == 16]  # leaves over rows 16..23: image rows 16..19 on top, padding below
+    assert (edge[:, :, :2] == 1).all() and (edge[:, :, 2:] == 0).all()
+    padded, _ = quadtree_patch(img, patch_size=4, mode="uniform", min_size=8, layout="patches", pad_value=3.0)
+    assert (padded[rows >= 24] == 3).all()
+    thr = quadtree_unpatch(np.full((len(rows), 1, 4, 4), 0.5, np.float32), meta, layout="patches", threshold=0.5)
+    assert not thr.any()  # strictly above the threshold
