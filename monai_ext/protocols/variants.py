@@ -79,6 +79,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "overlays": {"cpu": {"files": [], "overrides": _PHOTO_CPU},
                      "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
     },
+    # the softmax-free paper's Table 2 row for TCGA-NSCLC: the same WSI transformer with each attention
+    "tcga_nsclc_subtyping": {
+        "variants": _ATTENTION, "default": _SFN_DEFAULT,
+        "overlays": {"cpu": {"files": [], "overrides": {"num_workers": 0}},
+                     "paper": {"files": ["configs/paper.yaml"], "overrides": {}}},
+    },
 }
 
 
