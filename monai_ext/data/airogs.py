@@ -28,7 +28,7 @@ from typing import Any
 
 from monai_ext.data.common import DataError, SkipLog, data_origin, grouped_split
 from monai_ext.data.dataset import Option
-from monai_ext.data.jpeg import prepare_photos, write_resolution_datalists
+from monai_ext.data.jpeg import photo_case, prepare_photos, write_resolution_datalists
 from monai_ext.data.runner import check_settings
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
     duplicated = {Path(p.path).stem for p in problems}
     for p in problems:
         skips.add(Path(p.path).stem, p)
-    todo, ready = [], set()
+    cases = []
     for cid in sorted(set(labels) | set(files)):
         if cid not in files:
             if cid not in duplicated:
@@ -135,14 +135,9 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
         if cid not in labels:
             skips.add(cid, DataError(files[cid], f"image has no valid row in {LABELS_CSV}"))
             continue
-        outputs = {r: str(out / f"images_{r}" / f"{cid}.png") for r in resolutions}
-        if not overwrite and all(Path(p).is_file() for p in outputs.values()):
-            ready.add(cid)
-        else:
-            todo.append({"id": cid, "file": str(files[cid]), "outputs": outputs, "what": "fundus photograph"})
-    if ready:
-        logger.info("%d image(s) already prepared in %s (use --overwrite to redo)", len(ready), out)
-    ready |= prepare_photos(todo, skips, workers=workers, square="pad", fov=fov_crop, desc="AIROGS images")
+        cases.append(photo_case(cid, files[cid], out, resolutions, "fundus photograph"))
+    ready = prepare_photos(cases, skips, workers=workers, square="pad", fov=fov_crop, desc="AIROGS images",
+                           overwrite=overwrite)
     ids = sorted(ready)
     assign = grouped_split(ids, fractions=PAPER_SPLIT, seed=seed)
     datalist: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}

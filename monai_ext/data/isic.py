@@ -33,7 +33,7 @@ import numpy as np
 
 from monai_ext.data.common import SPLITS, DataError, SkipLog, data_origin
 from monai_ext.data.dataset import Option
-from monai_ext.data.jpeg import SQUARE_MODES, prepare_photos, write_resolution_datalists
+from monai_ext.data.jpeg import SQUARE_MODES, photo_case, prepare_photos, write_resolution_datalists
 from monai_ext.data.runner import check_settings
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
     folder = raw / IMAGE_FOLDER
     files = {p.stem: p for p in sorted(folder.glob("*.jpg"))} if folder.is_dir() else {}
     listed_bad = {p.problem.split("(")[1].split(")")[0] for p in problems if "(" in p.problem}
-    todo, ready = [], set()
+    cases = []
     for name in sorted(set(rows) | set(files)):
         if name not in files:
             skips.add(name, DataError(folder / f"{name}.jpg", f"listed in {LABELS_CSV} but the file is missing"))
@@ -170,14 +170,8 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
             why = "its row in the CSV is invalid (see the CSV entry)" if name in listed_bad else "no row in the CSV"
             skips.add(name, DataError(files[name], f"image skipped: {why}"))
             continue
-        outputs = {r: str(out / f"images_{r}" / f"{name}.png") for r in resolutions}
-        if not overwrite and all(Path(p).is_file() for p in outputs.values()):
-            ready.add(name)
-        else:
-            todo.append({"id": name, "file": str(files[name]), "outputs": outputs, "what": "dermoscopic image"})
-    if ready:
-        logger.info("%d image(s) already prepared in %s (use --overwrite to redo)", len(ready), out)
-    ready |= prepare_photos(todo, skips, workers=workers, square=square, desc="ISIC images")
+        cases.append(photo_case(name, files[name], out, resolutions, "dermoscopic image"))
+    ready = prepare_photos(cases, skips, workers=workers, square=square, desc="ISIC images", overwrite=overwrite)
     names = sorted(ready)
     assign = patient_split({n: rows[n]["patient_id"] for n in names}, {n: rows[n]["label"] for n in names},
                            PAPER_SPLIT, seed)

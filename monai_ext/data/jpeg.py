@@ -11,6 +11,7 @@ axes), so that what is written here as PNG and read back by a bundle's ``LoadIma
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from monai_ext.data.common import DataError, atomic_path, check_image_content
 from monai_ext.data.limits import check_image_header
 
 __all__ = ["crop_to_field_of_view", "read_rgb", "resize_square", "save_rgb_png", "to_square"]
+
+logger = logging.getLogger(__name__)
 
 SQUARE_MODES = ("crop", "pad")
 
@@ -130,15 +133,26 @@ def prepare_photo(case: dict, square: str = "pad", fov: bool = False) -> dict:
     return size
 
 
+def photo_case(case_id: str, file: str | os.PathLike, out: Path, resolutions: list[int], what: str) -> dict:
+    """One case for :func:`prepare_photos`: ``file`` written as ``out/images_<R>/<case_id>.png`` for every R."""
+    outputs = {r: str(Path(out) / f"images_{r}" / f"{case_id}.png") for r in resolutions}
+    return {"id": case_id, "file": str(file), "outputs": outputs, "what": what}
+
+
 def prepare_photos(cases: list[dict], skips, workers: int = 1, square: str = "pad", fov: bool = False,
-                   desc: str = "images") -> set[str]:
-    """Run :func:`prepare_photo` over ``cases`` (each ``{"id", "file", "outputs"}``); failures go to ``skips``
-    (a :class:`~monai_ext.data.common.SkipLog`) with the file named. Returns the ids that succeeded."""
+                   desc: str = "images", overwrite: bool = False) -> set[str]:
+    """Run :func:`prepare_photo` over ``cases`` (each ``{"id", "file", "outputs"}``, see :func:`photo_case`);
+    failures go to ``skips`` (a :class:`~monai_ext.data.common.SkipLog`) with the file named. A case whose PNGs all
+    exist is kept as it is unless ``overwrite`` (said in the log; the caller has checked the folder's settings).
+    Returns the ids that are ready."""
     from monai_ext.data.runner import run_cases
 
-    done: set[str] = set()
+    done = {c["id"] for c in cases if not overwrite and all(Path(p).is_file() for p in c["outputs"].values())}
+    if done:
+        logger.info("%d image(s) already prepared (use --overwrite to redo)", len(done))
+    todo = [c for c in cases if c["id"] not in done]
     worker = functools.partial(prepare_photo, square=square, fov=fov)
-    for case, _size, error in run_cases(worker, cases, workers=workers, desc=desc):
+    for case, _size, error in run_cases(worker, todo, workers=workers, desc=desc):
         if error is not None:
             skips.add(case["id"], error)
         else:

@@ -35,7 +35,7 @@ from typing import Any
 
 from monai_ext.data.common import DataError, SkipLog, data_origin, split_counts
 from monai_ext.data.dataset import Option
-from monai_ext.data.jpeg import prepare_photos, write_resolution_datalists
+from monai_ext.data.jpeg import photo_case, prepare_photos, write_resolution_datalists
 from monai_ext.data.runner import check_settings
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
     files = find_images(raw / modality_dir)
     check_settings(out, {"square": "pad", "modality_dir": modality_dir}, overwrite)
     skips = SkipLog()
-    todo, ready, source, labels = [], set(), {}, {}
+    source, labels = {}, {}
     ids_by_class: dict[str, list[str]] = {}
     duplicated: set[str] = set()
     for key, paths in files.items():
@@ -145,18 +145,11 @@ def prepare(raw: Path, out: Path, overwrite: bool = False, seed: int = 0,
                 duplicated.add(cid)
                 source.pop(cid, None)
                 labels.pop(cid, None)
-                todo = [t for t in todo if t["id"] != cid]
-                ready.discard(cid)
                 continue
             source[cid], labels[cid] = p, CLASS_FOLDERS[key][0]
-            outputs = {r: str(out / f"images_{r}" / f"{cid}.png") for r in resolutions}
-            if not overwrite and all(Path(o).is_file() for o in outputs.values()):
-                ready.add(cid)
-            else:
-                todo.append({"id": cid, "file": str(p), "outputs": outputs, "what": "brain MRI slice"})
-    if ready:
-        logger.info("%d image(s) already prepared in %s (use --overwrite to redo)", len(ready), out)
-    ready |= prepare_photos(todo, skips, workers=workers, square="pad", fov=False, desc="brain MRI images")
+    cases = [photo_case(cid, p, out, resolutions, "brain MRI slice") for cid, p in source.items()]
+    ready = prepare_photos(cases, skips, workers=workers, square="pad", fov=False, desc="brain MRI images",
+                           overwrite=overwrite)
     for cid in sorted(ready):
         ids_by_class.setdefault(cid.split("/")[0], []).append(cid)
     assign = stratified_split(ids_by_class, seed)
