@@ -11,6 +11,7 @@
 # only the functions whose tests changed (e.g. 'monai_ext.utils.checkpoint.x__weights_only__*'); then
 # BASE=<earlier WORKDIR>/results.txt makes the summary take the earlier status of every mutant not re-run
 # (scripts/mutation_summary.py --base). mutmut is installed into .venv when missing (pip install mutmut; never torch).
+# TESTS_REF=<commit>: the tests/ folder of another commit over REF's (new tests against the code of a pinned REF).
 # Threads: OMP_NUM_THREADS=1, MUTMUT_CHILDREN parallel mutants (default 2). Timeouts: mutmut's wall limit is
 # (estimated test time + 1 s) * MUTMUT_TIMEOUT_MULTIPLIER (default 60; mutmut's own 15 gave spurious timeouts,
 # counted as killed, on the loaded 2-core machine); changing it re-runs only the timed-out mutants.
@@ -52,11 +53,17 @@ case "$MODULE" in
               "$M.x_tokens_to_grid__*" "$M.x_grid_to_tokens__*" "$M.x_zorder_to_raster__*" "$M.x_extract_patches__*"
               "$M.x__resize_matrix__*" "$M.x__resize_up__*" "$M.x_quadtree_unpatch__*")
     fi
-    TESTS=(tests/test_apf.py tests/test_apf_errors.py) ;;
+    TESTS=(tests/test_apf.py tests/test_apf_errors.py tests/test_apf_mutation.py) ;;
   stats)  # ROC / AUROC, Youden, confusion, calibration, bootstrap indices and percentile CIs: all of it
     FILE=monai_ext/reports/stats.py
     SELECT=("monai_ext.reports.stats.*")
-    TESTS=(tests/test_reports.py tests/test_report_stats.py tests/test_reports_auprc.py -k 'not bundle and not chromium and not cli and not segmentation_dice and not metrics_json') ;;
+    # not the bundle / Chromium / CLI / figure tests, nor the evaluator tests (HD95 units, missing metric details:
+    # no direct stats call); one case each of the summary-level bootstrap tests (400 resamples through
+    # classification_summary, ~0.7 s a case; test_report_stats.py makes their checks directly with 30 resamples)
+    K='not bundle and not chromium and not cli and not segmentation_dice and not metrics_json and not hd95'
+    K+=' and not metric_details and not (auroc_equals_sklearn and not 60-1-True)'
+    K+=' and not (plain_bootstrap and not 0.95 and not roc_band and not segmentation)'  # (one line in setup.cfg)
+    TESTS=(tests/test_reports.py tests/test_report_stats.py tests/test_reports_auprc.py -k "$K") ;;
   checks)  # the bundles' datalist checks run before training
     FILE=monai_ext/workflows/checks.py
     SELECT=("monai_ext.workflows.checks.*")
@@ -77,7 +84,13 @@ if [ -e "$WORK/mutants" ]; then
   echo "continuing the mutation run in $WORK (delete $WORK/mutants to start over)" >&2
 else
   git -C "$ROOT" archive "$REF" | tar -x -C "$WORK"
+  if [ -n "${TESTS_REF:-}" ]; then git -C "$ROOT" archive "$TESTS_REF" tests | tar -x -C "$WORK"; fi
 fi
+KEEP=()
+for t in "${TESTS[@]}"; do  # a test file missing in the tree (e.g. newer than REF) is left out
+  if [[ "$t" == tests/*.py && ! -e "$WORK/$t" ]]; then echo "not in the tree: $t (left out)" >&2; else KEEP+=("$t"); fi
+done
+TESTS=("${KEEP[@]}")
 
 # mutmut reads setup.cfg when pyproject.toml has no [tool.mutmut]; the test selection travels with it
 {
