@@ -209,21 +209,42 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     tmp.replace(path)
 
 
+#: largest level-0 width synthesized in memory (:func:`synth_slide`); larger slides are streamed
+#: (:func:`monai_ext.data.synthetic.paip_pyramid.write_pyramidal_case`, square, tile by tile)
+IN_MEMORY_MAX = 8192
+
 #: ``monai-ext synth paip`` options (keywords of :func:`synthesize`)
 SYNTH_OPTIONS = (
-    Option.of("--size", type=int, default=2048, help="level-0 width of each slide in pixels (default %(default)s)"),
+    Option.of(
+        "--size",
+        type=int,
+        default=2048,
+        help=f"level-0 width of each slide in pixels (default %(default)s; above {IN_MEMORY_MAX}: square slides "
+        "rendered tile by tile in bounded memory)",
+    ),
+    Option.of("--workers", type=int, default=1, help="threads rendering tiles of streamed slides (default 1)"),
 )
 
 
-def synthesize(out: Path, cases: int = 12, seed: int = 0, size: int = 2048) -> None:
+def synthesize(out: Path, cases: int = 12, seed: int = 0, size: int = 2048, workers: int = 1) -> None:
     """Write ``cases`` synthetic slides (``<case>.svs``, ``<case>_whole.tif``, ``<case>_viable.tif``)
-    named like PAIP 2019 (``01_01_0001`` ...). Each slide is seeded by ``(seed, index)``."""
+    named like PAIP 2019 (``01_01_0001`` ...). Each slide is seeded by ``(seed, index)``. Slides wider than
+    ``IN_MEMORY_MAX`` are square and streamed (``workers`` rendering threads)."""
     out = Path(out)
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
     if size < TILE:
         raise ValueError(f"size must be >= {TILE}, got {size}")
     out.mkdir(parents=True, exist_ok=True)
+    if size > IN_MEMORY_MAX:
+        from monai_ext.data.synthetic.paip_pyramid import write_pyramidal_case
+
+        for i in range(1, cases + 1):
+            case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+            write_pyramidal_case(out, f"01_01_{i:04d}", size, case_seed, workers=workers, progress=True, overwrite=True)
+        write_synthetic_marker(out, "paip", cases, seed, size=int(size), pyramidal=True)
+        logger.info("synthetic PAIP: %d streamed slides, level 0 %d px a side, in %s", cases, size, out)
+        return
     for i in tqdm(range(1, cases + 1), desc="paip synth", unit="slide"):
         rng = np.random.default_rng([seed, i])
         rgb, whole, viable = synth_slide(rng, size)
