@@ -500,7 +500,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mode"):
         quadtree_patch(img, patch_size=4, num_tokens=16, mode="random")
     with pytest.raises(ValueError, match="above the supported"):
-        plan_quadtree(spatial_shape=(20000, 10), patch_size=4, mode="uniform", min_size=4096)
+        plan_quadtree(spatial_shape=(140000, 10), patch_size=4, mode="uniform", min_size=65536)
 
 
 def test_image_without_edges_gives_one_leaf_plus_padding():

@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"data", "networks", "transforms", "utils"},
     "protocols": {"reports", "utils", "workflows"},
     "features": {"data", "networks", "utils"},
+    "wsi": {"data", "transforms", "utils"},
 }
 #: modules allowed over MAX_LINES, with the reason
 LARGE: dict[str, str] = {}
