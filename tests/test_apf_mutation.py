@@ -1,0 +1,77 @@
+"""APF planning, Z-order and patching paths left open by mutation testing (scripts/mutation_test.sh apf, see
+docs/testing.md): default Canny thresholds, the size limits at their bounds, the early ``num_tokens`` checks,
+error messages naming their argument. References: OpenCV / the edge map with explicit parameters, sizes
+worked out by hand."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from monai_ext.transforms import compute_edge_map, plan_quadtree
+from monai_ext.transforms.apf.quadtree import MAX_SIDE
+
+
+def test_default_edge_parameters(monkeypatch):
+    """The documented defaults reach the edge step: blur 3, Canny 100 / 200, no window, backend 'auto'
+    (Canny magnitudes at exactly 101 or 201 are too rare on test images to tell 100 from 101 by the plan)."""
+    from monai_ext.transforms.apf import quadtree
+
+    calls = []
+
+    def spy(image, *args):
+        calls.append(args)
+        return edges01(image, *args)
+
+    edges01 = quadtree.edges01
+    monkeypatch.setattr(quadtree, "edges01", spy)
+    img = np.random.default_rng(0).integers(0, 256, (1, 32, 32)).astype(np.uint8)
+    meta = plan_quadtree(img, patch_size=4, mode="threshold", layout="patches")
+    assert calls == [(3, 100.0, 200.0, None, "auto")]
+    ref = plan_quadtree(edges=compute_edge_map(img, 3, 100.0, 200.0), patch_size=4, mode="threshold", layout="patches")
+    np.testing.assert_array_equal(meta["leaves"], ref["leaves"])
+    # and the given ones, each passed through
+    hu = np.linspace(-500.0, 500.0, 32 * 32).reshape(1, 32, 32)
+    plan_quadtree(hu, patch_size=4, num_tokens=16, blur_kernel=5, canny_low=50.0, canny_high=150.0,
+                  window=(-100.0, 100.0), edge_backend="skimage")
+    assert calls[1] == (5, 50.0, 150.0, (-100.0, 100.0), "skimage")
+
+
+@pytest.mark.parametrize("mode", ["threshold", "uniform"])
+def test_a_non_finite_image_is_named(mode):
+    img = np.zeros((1, 16, 16), np.float32)
+    img[0, 3, 4] = np.nan
+    message = "image contains NaN or infinite values: APF patching needs a finite image."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        plan_quadtree(img, patch_size=4, mode=mode, layout="patches")
+
+
+def test_sizes_at_their_limits_are_allowed():
+    # patch_size / min_size equal to the padded side: one leaf; the largest supported side
+    for kwargs in (dict(patch_size=32), dict(patch_size=4, min_size=32)):
+        meta = plan_quadtree(spatial_shape=(32, 20), mode="uniform", layout="patches", **kwargs)
+        np.testing.assert_array_equal(meta["leaves"], [[0, 0, 32]])
+    big = MAX_SIDE
+    meta = plan_quadtree(spatial_shape=(big, 9000), patch_size=4, min_size=big, mode="uniform", layout="patches")
+    assert meta["padded_size"] == big and meta["num_leaves"] == 1
+    message = f"image of {big + 1} x 2 pads to {2 * big} x {2 * big}, above the supported {big} x {big}."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        plan_quadtree(spatial_shape=(big + 1, 2), patch_size=4, mode="uniform")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_tokens=10), "num_tokens=10 is not a perfect square: the 'grid' layout needs L = S*S tokens "
+                          "(e.g. 9 or 16); use layout='patches' for other lengths."),
+    (dict(num_tokens=None), "mode='fixed' needs num_tokens (the sequence length L)."),
+    (dict(image=np.zeros((32, 32))), "image: expected a channel-first 2D image (C, H, W), got shape (32, 32)."),
+])
+def test_early_argument_errors_name_the_problem(kwargs, message):
+    edges = np.zeros((32, 32), bool)
+    edges[3, 3] = True
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        plan_quadtree(**{"image": np.zeros((1, 32, 32)), "edges": edges, "patch_size": 4, **kwargs})
+    if "num_tokens" in kwargs and kwargs["num_tokens"]:  # any length with layout='patches'
+        meta = plan_quadtree(edges=edges, patch_size=4, num_tokens=10, layout="patches")
+        assert meta["num_leaves"] == 10 and meta["mask"].all()
