@@ -21,14 +21,16 @@ every core pixel. Only Canny's hysteresis reaches further: a weak pixel (gradien
 So a core pixel's edge bit can differ from the in-memory one only if it lies on a weak chain that runs more
 than ``margin - k // 2 - 2`` px out of the core: an edge is missed when the chain's strong end lies outside
 the window, or added when the chain reaches the window's own border band, whose gradients are wrong. Strong
-pixels (gradient ``>= canny_high``) are never affected. On the synthetic and real slides of
-``tests/test_wsi_planner.py`` (margin 32) the streamed leaves are identical to the in-memory plan.
+pixels (gradient ``>= canny_high``) are never affected. Measured on the 4096 px synthetic slide (512 px tiles,
+``k = 3``, 546,845 edge px): margin 0: 2,732 edge px differ; 2: 663; 3: 84; 4: 60; 8: 10; 16 and 32: none. On the
+synthetic and real slides of ``tests/test_wsi_planner.py`` (margin 32) the leaves equal the in-memory plan's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from ..transforms.apf.utils import is_pow2
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_slide", "read_target_region", "stream_edge_counts", "target_shape"]
+__all__ = ["plan_slide", "read_target_region", "slide_geometry", "stream_edge_counts", "target_shape"]
 
 #: level pixels read at once when resizing a box (larger boxes are read in blocks of output pixels)
 CHUNK_PIXELS = 16 * 2**20
@@ -74,6 +76,16 @@ def target_shape(
             raise ValueError(f"scale must be a finite number >= 1 (level-0 px per target px), got {scale}.")
     h, w = (max(1, math.ceil(v / sc - _EPS)) for v in (h0, w0))
     return (h, w), sc
+
+
+def slide_geometry(meta: Mapping[str, Any]) -> tuple[tuple[int, int], float]:
+    """``((H0, W0), scale)`` of a slide plan (:func:`plan_slide`'s metadata; decollated is fine)."""
+    try:
+        h0, w0 = (int(v) for v in np.asarray(meta["level0_shape"]).reshape(-1))
+        scale = float(np.asarray(meta["scale"]).reshape(()))
+    except KeyError as e:
+        raise KeyError(f"slide APF metadata misses {e}; expected the dict returned by plan_slide.") from None
+    return (h0, w0), scale
 
 
 def _read_block(slide: TiledSlide, level: int, box: tuple[float, float, float, float], out_h: int, out_w: int,
