@@ -22,21 +22,11 @@ from tqdm import tqdm
 from ..data.slide import SlideError, TiledMask, TiledSlide
 from ..transforms.apf.quadtree import meta_values
 from ..utils.zorder import tokens_to_grid
-from .planner import read_box
+from .planner import read_box, slide_geometry
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["extract_mask_patches", "extract_slide_patches"]
-
-
-def _plan_scale(meta: Mapping[str, Any]) -> tuple[tuple[int, int], float]:
-    """``((H0, W0), scale)`` of a slide plan (:func:`~monai_ext.wsi.plan_slide`'s metadata)."""
-    try:
-        h0, w0 = (int(v) for v in np.asarray(meta["level0_shape"]).reshape(-1))
-        scale = float(np.asarray(meta["scale"]).reshape(()))
-    except KeyError as e:
-        raise KeyError(f"slide APF metadata misses {e}; expected the dict returned by plan_slide.") from None
-    return (h0, w0), scale
 
 
 def _layout(tokens: np.ndarray, layout: str) -> np.ndarray:
@@ -59,7 +49,7 @@ def extract_slide_patches(
     if layout not in ("grid", "patches"):
         raise ValueError(f"layout must be 'grid' or 'patches', got {layout!r}.")
     leaves, mask, _, _, _, p = meta_values(meta)
-    (h0, w0), scale = _plan_scale(meta)
+    (h0, w0), scale = slide_geometry(meta)
     own = not isinstance(slide, TiledSlide)
     sl = TiledSlide(slide) if own else slide
     try:
@@ -97,7 +87,7 @@ def extract_mask_patches(mask_path: str | Path, meta: Mapping[str, Any], *, layo
     if layout not in ("grid", "patches"):
         raise ValueError(f"layout must be 'grid' or 'patches', got {layout!r}.")
     leaves, mask, _, _, _, p = meta_values(meta)
-    (h0, w0), scale = _plan_scale(meta)
+    (h0, w0), scale = slide_geometry(meta)
     real = np.nonzero(mask)[0]
     y, x, s = (leaves[real, k] for k in range(3))
     f = s // p
