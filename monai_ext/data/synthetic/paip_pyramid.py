@@ -70,16 +70,25 @@ class _Octaves:
         self.grids = [rng.normal(size=(int(math.ceil(c * aspect)) + 3, c + 3)).astype(np.float32) for c in cells]
 
     def __call__(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        out = np.zeros(np.broadcast_shapes(u.shape, v.shape), np.float32)
+        """Values on the grid of columns ``u`` ``(1, n)`` and rows ``v`` ``(m, 1)`` (slide-width units): ``(m, n)``,
+        separable, ``rows_weights @ lattice @ column_weights.T`` per octave."""
+        out = np.zeros((v.shape[0], u.shape[1]), np.float32)
         for c, g, grid in zip(self.cells, self.gains, self.grids):
-            x, y = np.clip(u * c, 0, grid.shape[1] - 2.001), np.clip(v * c, 0, grid.shape[0] - 2.001)
-            ix, iy = x.astype(np.int64), y.astype(np.int64)
-            fx, fy = x - ix, y - iy
-            fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
-            top = grid[iy, ix] * (1 - fx) + grid[iy, ix + 1] * fx
-            bot = grid[iy + 1, ix] * (1 - fx) + grid[iy + 1, ix + 1] * fx
-            out += g * (top * (1 - fy) + bot * fy)
+            out += g * (_lerp_weights(v[:, 0] * c, grid.shape[0]) @ grid @ _lerp_weights(u[0] * c, grid.shape[1]).T)
         return out
+
+
+def _lerp_weights(t: np.ndarray, n: int) -> np.ndarray:
+    """``(len(t), n)`` smoothstep-linear interpolation weights of lattice positions ``t``."""
+    t = np.clip(t, 0, n - 2.001)
+    i = t.astype(np.int64)
+    f = t - i
+    f = f * f * (3 - 2 * f)
+    w = np.zeros((t.size, n), np.float32)
+    rows = np.arange(t.size)
+    w[rows, i] = 1 - f
+    w[rows, i + 1] = f
+    return w
 
 
 def _periodic(rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -118,6 +127,7 @@ class ProceduralSlide:
         e_vec = np.array([0.10, 0.90, 0.30]) + rng.normal(0, 0.04, 3)
         self.h_vec = (h_vec / np.linalg.norm(h_vec) * rng.uniform(0.9, 1.15)).astype(np.float32)
         self.e_vec = (e_vec / np.linalg.norm(e_vec) * rng.uniform(0.9, 1.15)).astype(np.float32)
+        self.stains = np.stack([self.h_vec, self.e_vec, np.ones(3, np.float32)])  # rows: haematoxylin, eosin, offset
         fib = 0.6 * _periodic(rng, 12) + 0.45 * _periodic(rng, 3) + 0.3 * _periodic(rng, 1)  # fibres, ~1-12 px
         ramp = np.arange(PERIOD, dtype=np.float32) * np.float32(2 * np.pi / PERIOD)
         phase = 24 * ramp[None, :] + 18 * ramp[:, None] + 2.5 * _periodic(rng, 40)  # hepatocyte cords, ~17 px
@@ -129,8 +139,8 @@ class ProceduralSlide:
     # ---------------------------------------------------------------- fields (level-0 coordinates)
 
     def fields(self, y0: np.ndarray, x0: np.ndarray) -> np.ndarray:
-        """``(..., 5)`` float32 at level-0 points: tissue field, tumour field (both inside below 1), necrosis,
-        inflammation, log-density modulation."""
+        """``(m, n, 5)`` float32 on the grid of level-0 rows ``y0`` ``(m, 1)`` and columns ``x0`` ``(1, n)``: tissue
+        field, tumour field (both inside below 1), necrosis, inflammation, log-density modulation."""
         u, v = x0 / np.float32(self.W), y0 / np.float32(self.W)
         env = np.sqrt(((u - self.cx) / self.ax) ** 2 + ((v - self.cy) / self.ay) ** 2)
         tissue = env + self.tissue_edge(u, v)
@@ -164,12 +174,21 @@ class ProceduralSlide:
 
     def field_tile(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """:meth:`fields` at every pixel of a level region ``(h, w, 5)``: sampled every ``GRID`` pixels (one
-        sample beyond each side) and interpolated bilinearly, so neighbouring tiles join without seams."""
+        sample beyond each side, :meth:`coarse_fields`) and interpolated bilinearly, so neighbouring tiles join
+        without seams."""
+        return self.interpolate(self.coarse_fields(level, y, x, h, w), h, w)
+
+    def coarse_fields(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """The samples :meth:`field_tile` interpolates; every pixel value lies between their min and max."""
         s = 2.0**level
         ny, nx = -(-h // GRID) + 2, -(-w // GRID) + 2
         ys = ((y + (np.arange(ny) - 1) * GRID + GRID / 2) * s).astype(np.float32)
         xs = ((x + (np.arange(nx) - 1) * GRID + GRID / 2) * s).astype(np.float32)
-        coarse = self.fields(ys[:, None], xs[None, :])
+        return self.fields(ys[:, None], xs[None, :])
+
+    @staticmethod
+    def interpolate(coarse: np.ndarray, h: int, w: int) -> np.ndarray:
+        ny, nx = coarse.shape[:2]
         fine = cv2.resize(coarse, (nx * GRID, ny * GRID), interpolation=cv2.INTER_LINEAR)
         return fine[GRID : GRID + h, GRID : GRID + w]
 
@@ -254,39 +273,40 @@ class ProceduralSlide:
 
     def image(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """RGB uint8 ``(h, w, 3)`` of a region of ``level``."""
-        f = self.field_tile(level, y, x, h, w)
+        coarse = self.coarse_fields(level, y, x, h, w)
         tex = self._texture(level, y, x, h, w)
         od0 = 0.025 + 0.012 * tex[..., 2]
-        if not (f[..., 0] < 1).any():  # glass only
-            hem = eos = np.zeros((h, w), np.float32)
+        if coarse[..., 0].min() >= 1:  # glass only (interpolated values stay within the samples' range)
+            grey = np.exp(-np.maximum(od0, 0)) * 255
+            return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+        f = self.interpolate(coarse, h, w)
+        reg = self.regions(f)
+        # region index: 0 glass, 1 normal, 2 viable, 3 necrosis, 4 capsule; per region eosin = a + b fib + c cords
+        cls = reg["tissue"].astype(np.uint8)
+        cls[reg["viable"]] = 2
+        cls[reg["necrosis"]] = 3
+        cls[reg["capsule"]] = 4
+        a, b, c = (cv2.LUT(cls, _EOSIN[i]) for i in range(3))
+        eos = a + b * tex[..., 0] + c * tex[..., 1]
+        if (1 << level) <= CELL:
+            nuc = self.nuclei_tile(level, y, x, h, w)
         else:
-            reg = self.regions(f)
-            # region index: 0 glass, 1 normal, 2 viable, 3 necrosis, 4 capsule; per region eosin = a + b fib + c cords
-            cls = reg["tissue"].astype(np.uint8)
-            cls[reg["viable"]] = 2
-            cls[reg["necrosis"]] = 3
-            cls[reg["capsule"]] = 4
-            a, b, c = (cv2.LUT(cls, _EOSIN[i]) for i in range(3))
-            eos = a + b * tex[..., 0] + c * tex[..., 1]
-            if (1 << level) <= CELL:
-                nuc = self.nuclei_tile(level, y, x, h, w)
-            else:
-                nuc = self._expected_nuclei(reg, f)
-            hem = cv2.LUT(cls, _HAEM) + nuc
-            eos *= 1 - 0.5 * np.minimum(nuc, 1)
-        out = np.empty((h, w, 3), np.uint8)
-        for i in range(3):
-            od = hem * self.h_vec[i] + eos * self.e_vec[i] + od0
-            np.maximum(od, 0, out=od)
-            np.exp(-od, out=od)
-            od *= 255
-            out[..., i] = od
-        return out
+            nuc = self._expected_nuclei(reg, f)
+        hem = cv2.LUT(cls, _HAEM) + nuc
+        eos *= 1 - 0.5 * np.minimum(nuc, 1)
+        od = np.stack([hem, eos, od0], -1) @ self.stains  # (h, w, 3) optical density
+        np.maximum(od, 0, out=od)
+        np.negative(od, out=od)
+        np.exp(od, out=od)
+        od *= 255
+        return od.astype(np.uint8)
 
     def mask(self, kind: str, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Level-0 uint8 {0, 1} ``(h, w)`` of ``kind`` (``"whole"`` or ``"viable"``)."""
-        f = self.field_tile(0, y, x, h, w)
-        return self.regions(f)[kind].astype(np.uint8)
+        coarse = self.coarse_fields(0, y, x, h, w)
+        if coarse[..., 0].min() >= 1 or coarse[..., 1].min() >= 1:  # no tumour in reach: skip interpolating
+            return np.zeros((h, w), np.uint8)
+        return self.regions(self.interpolate(coarse, h, w))[kind].astype(np.uint8)
 
 
 def _aperio_description(case: str, W: int, H: int, tile: int, quality: int) -> str:
