@@ -1,4 +1,5 @@
-"""``monai-ext bench attention|apf|3d|attention-zoo|all``: benchmarks that write ``docs/benchmarks.md`` sections.
+"""``monai-ext bench attention|apf|3d|attention-zoo|apf-gigapixel|all``: benchmarks that write
+``docs/benchmarks.md`` sections.
 
 Examples::
 
@@ -8,6 +9,7 @@ Examples::
     monai-ext bench apf --apf-sizes 512 1024
     monai-ext bench 3d --out /tmp/bench.md
     monai-ext bench attention-zoo --zoo-settings paper cpu   # the efficient-transformers benchmark's table
+    monai-ext bench apf-gigapixel --giga-sizes 16384 32768 65536  # APF on whole slides, streaming vs in memory
 
 Each run replaces only its own section(s) of the markdown file and writes CSV/PNG files to the
 folder beside it named after it (``docs/benchmarks/``).
@@ -25,7 +27,7 @@ __all__ = ["register", "run"]
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("attention", "apf", "3d", "attention-zoo", "all")
+TARGETS = ("attention", "apf", "3d", "attention-zoo", "apf-gigapixel", "all")
 
 
 def _positive_int(v: str) -> int:
@@ -98,6 +100,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds a Dice training run may be predicted to take (240; quick 30)")
     g.add_argument("--patching-sizes", type=_positive_int, nargs="+", default=None,
                    help="image sizes of the patching-time measurement (1024 8192; quick 1024)")
+    g = p.add_argument_group("apf-gigapixel")
+    g.add_argument("--giga-sizes", type=_positive_int, nargs="+", default=None,
+                   help="square slide sides in px (16384 32768 65536; quick 4096 8192)")
+    g.add_argument("--giga-tokens", type=_positive_int, default=4096, help="APF sequence length L (4096)")
+    g.add_argument("--giga-patch", type=_positive_int, default=16, help="APF patch size p (16)")
+    g.add_argument("--giga-workers", type=_positive_int, default=2, help="reading / edge threads (2)")
+    g.add_argument("--giga-dir", type=Path, default=None,
+                   help="folder for the synthetic slides, kept between runs (/tmp/monai_ext_gigapixel)")
     p.set_defaults(func=run)
 
 
@@ -216,6 +226,14 @@ def run(args: argparse.Namespace) -> int:
             summary[target] = run_3d_bench(s, out, machine_for(s.threads), command)
         elif target == "attention-zoo":
             summary[target] = _run_zoo(args, out, machine_for, command)
+        elif target == "apf-gigapixel":
+            from .gigapixel import GigapixelSettings, run_gigapixel_bench
+
+            g = GigapixelSettings(num_tokens=args.giga_tokens, patch_size=args.giga_patch, workers=args.giga_workers)
+            g.sizes = tuple(_pick(args.giga_sizes, g.sizes, (4096, 8192), args.quick))
+            if args.giga_dir is not None:
+                g.work_dir = args.giga_dir
+            summary[target] = run_gigapixel_bench(g, out, machine_for(None), command)
         elif target == "apf":
             from .apf import run_apf_bench
 

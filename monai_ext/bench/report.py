@@ -37,7 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: canonical order of sections in the markdown file (new sections are inserted accordingly)
-SECTION_ORDER = ("attention", "apf", "3d", "attention-zoo")
+SECTION_ORDER = ("attention", "apf", "apf-gigapixel", "3d", "attention-zoo")
 
 HEADER = """# Benchmarks
 

@@ -23,6 +23,12 @@ thresholded at one half. Written per resolution ``R``::
     <out>/datalist.json                       all resolutions: image_<R> / label_<R> / label_whole_<R>
     <out>/skipped.json, <out>/cases/<case>.json (slide geometry, level used)
 
+Resolutions above 8192 (16384, 32768, 65536: the APF paper's gigapixel settings) are not written as images:
+a whole-slide square of 64K px is 12 GiB. For them ``datalist_<R>.json`` lists the slide and its masks where they
+are (absolute paths; the raw folder is only read), and the bundle's gigapixel overlay streams them
+(:mod:`monai_ext.wsi`: quadtree planned tile by tile, leaves read from the pyramid, the prediction written back
+as a pyramidal TIFF).
+
 A bundle selects a resolution with one override of its datalist path (``datalist_1024.json``)
 and keeps MONAI's standard ``image``/``label`` keys (which MONAI Label also expects).
 Split: patient-grouped (one slide per patient in PAIP 2019), ``--split`` fractions, ``--seed``.
@@ -60,6 +66,8 @@ from monai_ext.data.runner import check_settings, run_cases
 logger = logging.getLogger(__name__)
 
 MIN_RESOLUTION, MAX_RESOLUTION = 512, 8192
+#: resolutions above MAX_RESOLUTION up to this one are streamed from the slide (no image files written)
+MAX_STREAMED_RESOLUTION = 65536
 DEFAULT_RESOLUTIONS = (512, 1024)
 DEFAULT_SPLIT = (0.7, 0.15, 0.15)
 MASK_SUFFIXES = {"whole": "_whole.tif", "viable": "_viable.tif"}
@@ -260,13 +268,18 @@ def choose_level(slide: Slide, target: int) -> int:
 
 def check_resolutions(resolutions: Sequence[int]) -> list[int]:
     res = sorted({int(r) for r in resolutions})
-    bad = [r for r in res if not (MIN_RESOLUTION <= r <= MAX_RESOLUTION) or r & (r - 1)]
+    bad = [r for r in res if not (MIN_RESOLUTION <= r <= MAX_STREAMED_RESOLUTION) or r & (r - 1)]
     if not res or bad:
         raise ValueError(
-            f"resolutions must be powers of two in {MIN_RESOLUTION}..{MAX_RESOLUTION} (quadtree patching), "
-            f"got {bad or res}"
+            f"resolutions must be powers of two in {MIN_RESOLUTION}..{MAX_STREAMED_RESOLUTION} (quadtree patching; "
+            f"above {MAX_RESOLUTION} streamed from the slide), got {bad or res}"
         )
     return res
+
+
+def streamed(resolution: int) -> bool:
+    """True for a resolution read from the slide at run time rather than written as images (above 8192)."""
+    return int(resolution) > MAX_RESOLUTION
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +334,8 @@ def _prepare_case(
     c: _Case, out: Path, resolutions: list[int], level: int, backend: str, overwrite: bool
 ) -> dict[str, Any]:
     info_path = out / "cases" / f"{c.case}.json"
+    streamed_res = [r for r in resolutions if streamed(r)]
+    resolutions = [r for r in resolutions if not streamed(r)]
     paths = {r: _paths(out, c.case, r) for r in resolutions}
     done = info_path.exists() and all(p.exists() for ps in paths.values() for p in ps.values())
     if done and not overwrite:
@@ -336,6 +351,9 @@ def _prepare_case(
             if shape != (h0, w0):
                 raise DataError(getattr(c, kind), f"mask size {shape} differs from level 0 of {c.svs.name} {(h0, w0)}")
         side = max(h0, w0)
+        if not resolutions:  # streamed only: the slide and masks are checked, nothing is written but the record
+            return _write_info(info_path, {"case": c.case, "level0_size": [h0, w0], "square_side": side,
+                                           "levels": [list(v) for v in slide.levels], "streamed": streamed_res})
         lv = choose_level(slide, max(resolutions)) if level < 0 else level
         img = slide.read(lv)
         dy, dx = slide.downsample(lv)
@@ -357,6 +375,12 @@ def _prepare_case(
         _save_png(masks["viable"][r], paths[r]["label"])
         _save_png(masks["whole"][r], paths[r]["label_whole"])
     info = {"case": c.case, "level0_size": [h0, w0], "square_side": side, "level": lv, "level_downsample": [dy, dx]}
+    if streamed_res:
+        info["streamed"] = streamed_res
+    return _write_info(info_path, info)
+
+
+def _write_info(info_path: Path, info: dict[str, Any]) -> dict[str, Any]:
     info_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(info_path)
     tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -371,7 +395,8 @@ PREPARE_OPTIONS = (
         type=int,
         nargs="+",
         default=list(DEFAULT_RESOLUTIONS),
-        help=f"square output sizes, powers of two in {MIN_RESOLUTION}..{MAX_RESOLUTION} (default %(default)s)",
+        help=f"square output sizes, powers of two in {MIN_RESOLUTION}..{MAX_STREAMED_RESOLUTION}; above "
+        f"{MAX_RESOLUTION} only a datalist of the slides is written (streamed by the bundle) (default %(default)s)",
     ),
     Option.of(
         "--level",
@@ -437,7 +462,11 @@ def prepare(
         split_name = assign[c.case]
         entry_all: dict[str, Any] = {"case": c.case, "level0_size": info["level0_size"]}
         for r in res:
-            rel = {k: str(p.relative_to(out)) for k, p in _paths(out, c.case, r).items()}
+            if streamed(r):  # the raw files where they are: absolute paths, never copied
+                rel = {"image": str(c.svs.resolve()), "label": str(c.viable.resolve()),
+                       "label_whole": str(c.whole.resolve())}
+            else:
+                rel = {k: str(p.relative_to(out)) for k, p in _paths(out, c.case, r).items()}
             per_res[r][split_name].append({**rel, "case": c.case, "level0_size": info["level0_size"]})
             entry_all.update({f"{k}_{r}": v for k, v in rel.items()})
         combined[split_name].append(entry_all)

@@ -25,6 +25,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+#: whole-slide files, listed as they are by a streamed-resolution datalist (``prepare paip --resolutions 16384``)
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
+
+
 def check_prepared(dataset_dir: str | Path, datalist: str, image_size: int | Sequence[int] | None = None,
                    settings: Mapping[str, Any] | None = None, split: str = "training",
                    prepare_hint: str = "") -> str:
@@ -53,6 +57,14 @@ def check_prepared(dataset_dir: str | Path, datalist: str, image_size: int | Seq
         if not items:
             raise DatasetError(f"{path}: split {split!r} is empty{hint}")
         image = Path(items[0]["image"])
+        recorded_res = body.get("resolution")
+        if image.suffix.lower() in SLIDE_SUFFIXES and isinstance(image_size, int) and recorded_res is not None:
+            # a streamed-slide datalist (gigapixel overlay): the slide is read at the recorded resolution
+            if int(recorded_res) != int(image_size):
+                raise DatasetError(f"{path}: slides listed for resolution {recorded_res}, the overlay expects "
+                                   f"{image_size}; not resized silently{hint}")
+            logger.info("%s: streamed slides at resolution %s match the overlay", path, recorded_res)
+            return datalist
         try:
             shape = tuple(int(s) for s in _spatial_shape(image))
         except FileNotFoundError:
