@@ -5,6 +5,7 @@ worked out by hand."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -75,3 +76,15 @@ def test_early_argument_errors_name_the_problem(kwargs, message):
     if "num_tokens" in kwargs and kwargs["num_tokens"]:  # any length with layout='patches'
         meta = plan_quadtree(edges=edges, patch_size=4, num_tokens=10, layout="patches")
         assert meta["num_leaves"] == 10 and meta["mask"].all()
+
+
+def test_too_many_leaves_message_and_debug_log(caplog):
+    edges = np.zeros((24, 20), np.uint8)
+    edges[2, 3] = 1  # one edge pixel: 32 -> 16 -> 8 -> 4 around it, 10 leaves
+    message = ("mode='threshold' produced 10 leaves, more than num_tokens=9; leaves are never dropped: "
+               "raise split_value / min_size, or use mode='fixed'.")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        plan_quadtree(edges=edges, patch_size=4, num_tokens=9, mode="threshold")
+    with caplog.at_level(logging.DEBUG, logger="monai_ext.transforms.apf.quadtree"):
+        plan_quadtree(edges=edges, patch_size=4, num_tokens=16)
+    assert "APF fixed: 24 x 20 -> 10 leaves (+6 padding), p=4" in caplog.messages
