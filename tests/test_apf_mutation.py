@@ -1,7 +1,7 @@
 """APF planning, Z-order and patching paths left open by mutation testing (scripts/mutation_test.sh apf, see
-docs/testing.md): default Canny thresholds, the size limits at their bounds, the early ``num_tokens`` checks,
-error messages naming their argument. References: OpenCV / the edge map with explicit parameters, sizes
-worked out by hand."""
+docs/testing.md): the edge parameters reaching the edge step, the size limits at their bounds, the early
+``num_tokens`` checks, error messages and the debug log line, Morton codes of large coordinates. References:
+the edge map with explicit parameters, sizes and messages worked out by hand, a bit-by-bit Morton loop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from monai_ext.transforms import compute_edge_map, plan_quadtree
 from monai_ext.transforms.apf.quadtree import MAX_SIDE
+from monai_ext.utils.zorder import morton_encode
 
 
 def test_default_edge_parameters(monkeypatch):
@@ -88,3 +89,15 @@ def test_too_many_leaves_message_and_debug_log(caplog):
     with caplog.at_level(logging.DEBUG, logger="monai_ext.transforms.apf.quadtree"):
         plan_quadtree(edges=edges, patch_size=4, num_tokens=16)
     assert "APF fixed: 24 x 20 -> 10 leaves (+6 padding), p=4" in caplog.messages
+
+
+def test_morton_codes_of_large_coordinates_bit_by_bit():
+    """Codes of coordinates up to 2**31 - 1 (every spreading step of the bit interleave), against a loop over the
+    bits: bit b of x goes to bit 2b of the code, bit b of y to bit 2b + 1."""
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.integers(0, 2**31, 200), 2**31 - 1, 255, 256, 65535, 65536]
+    x = np.r_[rng.integers(0, 2**31, 200), 0, 256, 255, 65536, 65535]
+    ref = [sum((((int(a) >> b) & 1) << (2 * b + 1)) | (((int(c) >> b) & 1) << (2 * b)) for b in range(31))
+           for a, c in zip(y, x)]
+    got = morton_encode(y, x)
+    assert got.dtype == np.int64 and got.tolist() == ref
