@@ -149,8 +149,10 @@ def test_prepare_idempotent(raw, prepared):
 
 def test_resolutions_validated():
     assert paip.check_resolutions([1024, 512, 512]) == [512, 1024]
-    for bad in ([256], [16384], [768]):
-        with pytest.raises(ValueError, match="powers of two in 512..8192"):
+    assert paip.check_resolutions([65536, 16384, 512]) == [512, 16384, 65536]  # above 8192: streamed
+    assert [paip.streamed(r) for r in (8192, 16384)] == [False, True]
+    for bad in ([256], [131072], [768], [24576]):
+        with pytest.raises(ValueError, match=r"powers of two in 512..65536 \(quadtree patching; above 8192 streamed"):
             paip.check_resolutions(bad)
 
 

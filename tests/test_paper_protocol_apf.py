@@ -22,8 +22,9 @@ PAIP = BUNDLES / "apf_unetr_paip_segmentation"
 BTCV = BUNDLES / "apf_unetr_btcv_segmentation"
 
 # Table III, APF-4 rows: resolution -> (sequence length, quadtree depth); Sec. III-A: blur 3 at 512 ... 7 at 4096+
-TABLE_III_APF4 = {512: (676, 7), 1024: (900, 8), 4096: (2116, 10), 8192: (8464, 11)}
-BLUR = {512: 3, 1024: 3, 4096: 7, 8192: 7}
+TABLE_III_APF4 = {512: (676, 7), 1024: (900, 8), 4096: (2116, 10), 8192: (8464, 11), 16384: (8464, 12),
+                  32768: (16384, 13)}
+BLUR = {512: 3, 1024: 3, 4096: 7, 8192: 7, 16384: 7, 32768: 7, 65536: 7}
 
 
 def _parser(bundle: Path, *files: str, **overrides) -> ConfigParser:
@@ -64,8 +65,16 @@ def test_paip_overlay_follows_table_iii_per_resolution(size):
     apf = _parser(PAIP, "train.yaml", "paper.yaml", image_size=size).get_parsed_content("apf")
     assert (apf["num_tokens"], apf["max_depth"]) == TABLE_III_APF4[size] and apf["blur_kernel"] == BLUR[size]
     with pytest.raises(RuntimeError) as err:  # MONAI wraps the DatasetError raised inside the expression
-        _parser(PAIP, "train.yaml", "paper.yaml", image_size=16384).get_parsed_content("apf")
-    assert "no paper APF setting for image_size 16384" in str(err.value.__cause__)
+        _parser(PAIP, "train.yaml", "paper.yaml", image_size=256).get_parsed_content("apf")
+    assert "no paper APF setting for image_size 256" in str(err.value.__cause__)
+
+
+def test_paip_overlay_at_64k_uses_table_iii_apf8():
+    """At 65536 px Table III's smallest patch is 8: APF-8, L = 16,384, depth 13; the network takes that patch."""
+    p = _parser(PAIP, "train.yaml", "gigapixel.yaml", "paper.yaml", image_size=65536)
+    apf = p.get_parsed_content("apf")
+    assert (apf["patch_size"], apf["num_tokens"], apf["max_depth"], apf["blur_kernel"]) == (8, 16384, 13, 7)
+    assert p.get_parsed_content("network_def#patch_size") == 8
 
 
 def _paper_tree(e01: np.ndarray, y: int, x: int, size: int, depth: int, min_size: int, v: float, max_depth: int):
