@@ -84,7 +84,7 @@ def test_defaults_calibration_and_percentiles():
     y = np.r_[0, 1, rng.integers(0, 2, 40)]
     cal = stats.calibration_bins(s, y)
     assert cal["edges"].size == 11 and cal["count"].sum() == 42 and cal["count"][0] >= 1 and cal["count"][-1] >= 1
-    with pytest.raises(ValueError, match=r"calibration needs probabilities in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"^calibration needs probabilities in \[0, 1\]$"):
         stats.calibration_bins([-0.01, 0.5], [0, 1])
     samples = rng.normal(size=(200, 3))
     lo, hi = stats.percentile_ci(samples)
@@ -132,3 +132,25 @@ def test_classification_statistics_against_sklearn_and_brute_force(n, seed):
     np.testing.assert_allclose(r["specificity"], [np.mean(s[row][y[row] == 0] < 0.5) for row in idx])
     lo, hi = stats.percentile_ci(np.array(ref), level=0.9)
     np.testing.assert_allclose([lo, hi], np.percentile(ref, [5, 95]))
+
+
+def test_float32_scores_empty_bins_and_band_defaults():
+    """Scores of any float type are computed in float64 (the Brier score against a float64 mean of squares to
+    1e-13: float32 arithmetic is off by ~1e-8); empty calibration bins are NaN floats; the ROC band's default
+    level is 95 % and its FPR grid is float64 even when given as integers."""
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0, 0.6, 50).astype(np.float32)  # nothing above 0.6: the last four bins are empty
+    y = rng.integers(0, 2, 50)
+    cal = stats.calibration_bins(s, y)
+    assert cal["brier"] == pytest.approx(np.mean((y - s.astype(np.float64)) ** 2), rel=1e-13, abs=0)
+    empty = cal["count"] == 0
+    assert empty[-4:].all()
+    for key in ("mean_predicted", "fraction_positive"):
+        assert cal[key].dtype == np.float64 and np.isnan(cal[key][empty]).all() and not np.isnan(cal[key][~empty]).any()
+    idx = stats.stratified_bootstrap_indices(y, 40, seed=1)
+    band = stats.roc_band(s, y, idx)
+    ref = stats.roc_band(s, y, idx, grid=np.linspace(0, 1, 101), level=0.95)
+    for key in ("fpr", "tpr_low", "tpr_high"):
+        np.testing.assert_array_equal(band[key], ref[key])
+    ints = stats.roc_band(s, y, idx, grid=[0, 1])
+    assert ints["fpr"].dtype == np.float64 and ints["fpr"].tolist() == [0.0, 1.0]
