@@ -51,7 +51,7 @@ def test_confusion_at_and_rates_on_one_class_and_edges():
 def test_check_binary_lists_at_most_five_bad_labels():
     with pytest.raises(ValueError, match=r"labels must be 0 or 1, found \[-1, 2, 3, 4, 5\]$"):
         stats.roc_auc(np.linspace(0, 1, 9), [0, 1, 7, 6, 5, 4, 3, 2, -1])
-    with pytest.raises(ValueError, match="scores contain NaN or inf"):
+    with pytest.raises(ValueError, match="^scores contain NaN or inf$"):
         stats.confusion_at([0.1, np.inf], [0, 1], 0.5)
     with pytest.raises(ValueError, match=r"ROC needs both classes, got 0 positive and 2 negative case\(s\)"):
         stats.roc_auc([0.1, 0.2], [0, 0])
