@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 from bundle_utils import BUNDLES, run_bundle
+from torch.distributed import TCPStore
 
 BUNDLE = BUNDLES / "tcga_nsclc_subtyping"
 CFG = BUNDLE / "configs"
@@ -41,15 +41,11 @@ def _run_in_process(configs: list[str], **overrides) -> None:
 
 
 def _rank(rank: int, world: int, port: int, configs: list[str], overrides: dict) -> None:
+    # TORCHELASTIC_USE_AGENT_STORE: every rank joins the store at MASTER_PORT as a client (as torchrun's workers
+    # join their agent's store); the test holds that store, so no other process can take the port in between
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "True"})
     _run_in_process(configs, **overrides)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_evaluate_ddp_equals_single_process_and_inference(trained, tmp_path):
@@ -64,7 +60,8 @@ def test_evaluate_ddp_equals_single_process_and_inference(trained, tmp_path):
 
     ddp = tmp_path / "eval_ddp"
     ctx = mp.get_context("fork")  # ranks inherit the imports: seconds, not tens of seconds
-    port = _free_port()
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # a port the OS picks, held
+    port = store.port
     overrides = {"output_dir": str(ddp), "report_bootstrap": 100, "eval_batch_size": 2, **io}
     procs = [ctx.Process(target=_rank, args=(r, 2, port, ["train.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"],
                                              overrides)) for r in range(2)]

@@ -1,0 +1,55 @@
+"""Suite-wide settings: one intra-op thread per test process, and ``-n auto`` = one worker per physical core.
+
+The suite runs on every core through pytest-xdist (``-n auto --dist loadfile``, see docs/testing.md "Suite time"):
+each worker is one process, and each bundle subprocess already runs with ``OMP_NUM_THREADS=1``
+(tests/bundle_utils.py). A worker that also used every core for its own torch / numpy work would oversubscribe a
+small CI machine. The variable is set here, before any test module imports torch, unless the user set it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# xdist workers inherit the controller's environment: the marker tells them the 1 came from here, not the user
+OMP_SET_BY_USER = "OMP_NUM_THREADS" in os.environ and "MONAI_EXT_TESTS_OMP_DEFAULT" not in os.environ
+if not OMP_SET_BY_USER:
+    os.environ.update({"OMP_NUM_THREADS": "1", "MONAI_EXT_TESTS_OMP_DEFAULT": "1"})
+    if "torch" in sys.modules:  # imported by a plugin before this file: the variable came too late for it
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _cpu_quota() -> int | None:
+    """CPUs allowed by the cgroup v2 quota (``cpu.max``: "QUOTA PERIOD", rounded up); None without a quota."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: distinct (package, core) pairs of its CPUs in /sys, capped by the
+    cgroup quota; the CPU count where the topology cannot be read. Hyperthread siblings count once."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores = set(cpus)
+            break
+    return max(1, min(len(cores) or len(cpus), _cpu_quota() or len(cpus)))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per physical core (bundle tests start their own processes; SMT siblings add little).
+    ``-n logical`` and ``PYTEST_XDIST_AUTO_NUM_WORKERS`` are left to pytest-xdist."""
+    if config.option.numprocesses == "logical" or os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return physical_cores()
