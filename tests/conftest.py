@@ -1,4 +1,4 @@
-"""Suite-wide settings: one intra-op thread per test process, and ``-n auto`` = one worker per physical core.
+"""Suite-wide settings: one intra-op thread per test process, and the worker count of ``-n auto``.
 
 The suite runs on every core through pytest-xdist (``-n auto --dist loadfile``, see docs/testing.md "Suite time"):
 each worker is one process, and each bundle subprocess already runs with ``OMP_NUM_THREADS=1``
@@ -32,24 +32,35 @@ def _cpu_quota() -> int | None:
         return None
 
 
+def _usable_cpus() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def physical_cores() -> int:
-    """Physical cores this process may run on: distinct (package, core) pairs of its CPUs in /sys, capped by the
-    cgroup quota; the CPU count where the topology cannot be read. Hyperthread siblings count once."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    """Physical cores this process may run on: distinct (package, core) pairs of its CPUs in /sys; the CPU count
+    where the topology cannot be read. Hyperthread siblings count once."""
+    cpus = _usable_cpus()
     cores = set()
     for cpu in cpus:
         topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
             cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
         except OSError:
-            cores = set(cpus)
-            break
-    return max(1, min(len(cores) or len(cpus), _cpu_quota() or len(cpus)))
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def auto_workers() -> int:
+    """``-n auto``'s worker count: one per physical core, but at least 2 where 2 CPUs are usable (a 2-vCPU CI box is
+    often one core with two hyperthreads, and the serial suite keeps only ~0.75 of a CPU busy: processes start,
+    wait, sleep), capped by the usable CPUs and the cgroup quota. ``-n logical`` would give a 16-thread box 16."""
+    usable = min(len(_usable_cpus()), _cpu_quota() or os.cpu_count() or 1)
+    return max(1, min(usable, max(2, physical_cores())))
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: one worker per physical core (bundle tests start their own processes; SMT siblings add little).
-    ``-n logical`` and ``PYTEST_XDIST_AUTO_NUM_WORKERS`` are left to pytest-xdist."""
+    """``-n auto`` = :func:`auto_workers`; ``-n logical`` and ``PYTEST_XDIST_AUTO_NUM_WORKERS`` are left to
+    pytest-xdist."""
     if config.option.numprocesses == "logical" or os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return physical_cores()
+    return auto_workers()
