@@ -54,7 +54,8 @@ def auto_workers() -> int:
     """``-n auto``'s worker count: one per physical core, but at least 2 where 2 CPUs are usable (a 2-vCPU CI box is
     often one core with two hyperthreads, and the serial suite keeps only ~0.75 of a CPU busy: processes start,
     wait, sleep), capped by the usable CPUs and the cgroup quota. ``-n logical`` would give a 16-thread box 16."""
-    usable = min(len(_usable_cpus()), _cpu_quota() or os.cpu_count() or 1)
+    cpus = len(_usable_cpus())
+    usable = min(cpus, _cpu_quota() or cpus)
     return max(1, min(usable, max(2, physical_cores())))
 
 
