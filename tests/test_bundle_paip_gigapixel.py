@@ -19,6 +19,9 @@ from bundle_utils import BUNDLES, run_bundle
 
 from monai_ext.data import paip
 from monai_ext.data.synthetic.paip_pyramid import write_pyramidal_case
+from monai_ext.workflows import DatasetError
+from monai_ext.workflows.slides import check_slide_datalist
+from monai_ext.wsi import SlidePredictionWriterd
 
 BUNDLE = BUNDLES / "apf_unetr_paip_segmentation"
 TINY = {"presets#cpu#hidden_size": 32, "presets#cpu#mlp_dim": 64, "presets#cpu#num_layers": 2,
@@ -77,11 +80,15 @@ def test_train_one_epoch_at_16384_and_infer_a_pyramidal_tiff(data, tmp_path):
         assert len(levels) > 1 and levels[1].shape[:2] == (SIZE[0] // 2, SIZE[1] // 2)
         lv = levels[-1].asarray()
     assert lv.dtype == np.uint8 and set(np.unique(lv).tolist()) <= {0, 1}
-    # a second run does not replace the prediction
+    # a second run would not replace the prediction: the writer refuses the existing file, naming it
+    writer = SlidePredictionWriterd(keys="pred", output_dir=out_dir)
+    assert writer.output_path(slide) == pred
     before = pred.stat().st_mtime_ns
-    proc = run_bundle(INFER, check=False, ckpt_dir=io["ckpt_dir"], output_dir=str(out_dir), dataset_dir=str(data),
-                      image_size=16384, **TINY)
-    assert proc.returncode != 0 and str(pred) in proc.stderr
+    with pytest.raises(FileExistsError, match=str(pred)):
+        writer({"pred": np.zeros((2, 64, 64), np.float32), "slide_path": str(slide),
+                "image_apf": {"leaves": np.zeros((64, 3), np.int64), "mask": np.zeros(64, bool),
+                              "spatial_shape": np.array(SIZE), "padded_size": 16384, "patch_size": 8,
+                              "level0_shape": np.array(SIZE), "scale": np.float64(1.0)}})
     assert pred.stat().st_mtime_ns == before
 
 
@@ -99,8 +106,6 @@ def test_bad_slide_found_before_training(data, tmp_path):
     slide = Path(body["training"][0]["image"]).name
     assert last.strip() == f"{wrong}: mask size (512, 512) differs from level 0 of {slide} {SIZE}"
     assert "train_loss" not in proc.stdout + proc.stderr
-    # a resolution above the slides' size is refused before training, naming the slide
-    proc = run_bundle(TRAIN, "training", check=False, **{**_io(tmp_path, data), "image_size": 32768,
-                                                            "datalist": "datalist_16384.json"})
-    assert proc.returncode != 0 and "below the resolution 32768 (leaves are never up-sampled)" in proc.stderr
-    assert "train_loss" not in proc.stdout + proc.stderr
+    # a resolution above the slides' size is refused (the overlay's check, before training), naming the slide
+    with pytest.raises(DatasetError, match=r"level 0 is 1024 x 16384 px, below the resolution 32768 \(leaves"):
+        check_slide_datalist(data, "datalist_16384.json", resolution=32768)
