@@ -101,3 +101,11 @@ def test_morton_codes_of_large_coordinates_bit_by_bit():
            for a, c in zip(y, x)]
     got = morton_encode(y, x)
     assert got.dtype == np.int64 and got.tolist() == ref
+
+
+def test_unpatch_token_count_message_names_both_counts():
+    from monai_ext.transforms import quadtree_unpatch
+
+    meta = plan_quadtree(spatial_shape=(16, 16), patch_size=4, mode="uniform", layout="patches")  # L = 16
+    with pytest.raises(ValueError, match=r"^5 tokens given but the metadata has L=16\.$"):
+        quadtree_unpatch(np.zeros((5, 2, 4, 4), np.float32), meta, layout="patches")
