@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Sequence
@@ -59,6 +60,9 @@ def shutdown_distributed() -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+        # free the process group and its finished work objects now, while the interpreter is whole: destroyed
+        # during interpreter finalisation, gloo's threads can abort the process (pytorch/pytorch#179291)
+        gc.collect()
         logger.info("process group destroyed")
 
 
