@@ -1,12 +1,13 @@
 """Score of a mutmut run over the selected mutants (``scripts/mutation_test.sh``).
 
-    python scripts/mutation_summary.py [--base BASE_RESULTS_TXT] RESULTS_TXT LABEL PATTERN [PATTERN ...]
+    python scripts/mutation_summary.py [--base BASE_RESULTS_TXT ...] RESULTS_TXT LABEL PATTERN [PATTERN ...]
 
 ``RESULTS_TXT`` is ``mutmut results --all true``; only mutant names matching a pattern (fnmatch) count.
 Killed = killed, timeout or segfault; the others (survived, no tests, not checked, ...) are listed.
 ``--base``: the results of an earlier full run; a mutant left "not checked" by this run (one that re-ran only
 the earlier survivors and the functions changed since) takes its status there. Valid when tests were only
-added in between and the function is unchanged (mutmut names a mutant by function and number).
+added in between and the function is unchanged (mutmut names a mutant by function and number). ``--base``
+may be repeated (newest first): a mutant takes its status from the first base that checked it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def _read(path: str) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     base: dict[str, str] = {}
-    if argv[:1] == ["--base"]:
-        base, argv = _read(argv[1]), argv[2:]
+    while argv[:1] == ["--base"]:
+        for name, status in _read(argv[1]).items():
+            if base.get(name, "not checked") == "not checked":
+                base[name] = status
+        argv = argv[2:]
     results, label, patterns = argv[0], argv[1], argv[2:]
     rows = []
     for name, status in _read(results).items():
