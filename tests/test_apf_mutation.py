@@ -109,3 +109,39 @@ def test_unpatch_token_count_message_names_both_counts():
     meta = plan_quadtree(spatial_shape=(16, 16), patch_size=4, mode="uniform", layout="patches")  # L = 16
     with pytest.raises(ValueError, match=r"^5 tokens given but the metadata has L=16\.$"):
         quadtree_unpatch(np.zeros((5, 2, 4, 4), np.float32), meta, layout="patches")
+
+
+def test_extract_patches_default_padding_messages_and_integer_inputs():
+    from monai_ext.transforms import extract_patches
+    from monai_ext.transforms.apf import utils as apf_utils
+
+    # 6 x 8 pads to 8 x 8: four 4 x 4 leaves in Z-order, each averaged 2 x 2 to p = 2
+    meta = plan_quadtree(spatial_shape=(6, 8), patch_size=2, mode="uniform", min_size=4, layout="patches")
+    out = extract_patches(np.ones((1, 6, 8), np.float32), meta, layout="patches")  # padding value 0 by default
+    np.testing.assert_array_equal(out[:2], 1)
+    np.testing.assert_array_equal(out[2:, 0], [[[1, 1], [0, 0]]] * 2)
+    with pytest.raises(ValueError, match=re.escape("array to patch: expected a channel-first 2D image (C, H, W), got "
+                                                   "shape (6, 8).") + "$"):
+        extract_patches(np.ones((6, 8)), meta)
+    with pytest.raises(ValueError, match="^" + re.escape("array of spatial shape (6, 9) differs from the image the "
+                                                         "quadtree was built on (6, 8).") + "$"):
+        extract_patches(np.ones((1, 6, 9)), meta)
+    # 32- and 64-bit integers: means in float64 (2x2 blocks of 2**24 + 1, + 1, + 1, + 5: mean 2**24 + 2, which
+    # float32 holds; float32 inputs would give 2**24)
+    big = np.full((1, 6, 8), 2**24 + 1, np.int64)
+    big[0, 1::2, 1::2] = 2**24 + 5
+    full = np.zeros((8, 8))
+    full[:6] = big[0]
+    ref = full.reshape(4, 2, 4, 2).mean(axis=(1, 3)).astype(np.float32)
+    for dtype in (np.int32, np.int64):
+        got = extract_patches(big.astype(dtype), meta, layout="grid")  # grid of 2 x 2 tokens: the 4 x 4 means
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got[0], ref)
+    # 8-bit: block means within 0.5, rounded to integers when OpenCV does the averaging (documented)
+    u8 = np.arange(48, dtype=np.uint8).reshape(1, 6, 8) * 5
+    got = extract_patches(u8, meta, layout="grid")[0]
+    full[:] = 0
+    full[:6] = u8[0]
+    exact = full.reshape(4, 2, 4, 2).mean(axis=(1, 3))
+    assert np.abs(got - exact).max() <= 0.5
+    assert np.array_equal(got, np.round(got)) == apf_utils.HAS_CV2 and not np.array_equal(exact, np.round(exact))
