@@ -9,24 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import tifffile
-
 from ..data.common import DataError
-from ..data.limits import check_tiff_header
-from ..data.slide import TiledSlide
+from ..data.slide import TiledMask, TiledSlide
 from .checks import DatasetError, load_datalist
 from .inference import InputList
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["check_slide_datalist", "screen_slides"]
-
-
-def _mask_shape(path: Path) -> tuple[int, int]:
-    check_tiff_header(path, whole_page=False)  # one tile / strip at a time must fit the size limits
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        return int(page.imagelength), int(page.imagewidth)
 
 
 def _slide_problem(image: Any, label: Any | None, resolution: int | None = None) -> str | None:
@@ -47,11 +37,10 @@ def _slide_problem(image: Any, label: Any | None, resolution: int | None = None)
     if not isinstance(label, str) or not Path(label).is_file():
         return f"{label}: label mask missing (slide {Path(image).name})"
     try:
-        shape = _mask_shape(Path(label))
-    except DataError as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001
-        return f"{label}: cannot read the mask header ({type(e).__name__}: {e})"
+        with TiledMask(label) as mask:  # header only: tile sizes within the limits, one unsigned channel
+            shape = mask.shape
+    except Exception as e:  # noqa: BLE001 - a TIFF error of any kind: reported with the file
+        return str(e) if str(e).startswith(label) else f"{label}: cannot read the mask header ({e})"
     if shape != level0:
         return f"{label}: mask size {shape} differs from level 0 of {Path(image).name} {level0}"
     return None
