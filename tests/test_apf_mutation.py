@@ -172,7 +172,7 @@ def _greedy_fixed_leaves(edges: np.ndarray, num_tokens: int, min_size: int) -> n
 
 
 def test_fixed_mode_ranks_thousands_of_candidates_like_the_greedy_tree():
-    """A larger tree than test_apf.py's (256 x 256, 5 461 split candidates, 341 splits) against the greedy
+    """A larger tree than test_apf.py's (256 x 256, thousands of split candidates, 341 splits) against the greedy
     reference. (It does not catch an off-by-one ``kth`` in the top-k ``argpartition``: numpy's introselect left
     the neighbours of ``kth`` in order in every plan tried, see docs/testing.md.)"""
     rng = np.random.default_rng(4)
