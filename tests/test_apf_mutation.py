@@ -181,3 +181,25 @@ def test_fixed_mode_ranks_thousands_of_candidates_like_the_greedy_tree():
     ref = _greedy_fixed_leaves(edges, 1024, 2)
     assert meta["num_leaves"] == len(ref) == 1024
     np.testing.assert_array_equal(meta["leaves"], ref)
+
+
+def test_unpatch_outputs_are_float_masks_and_class_indices():
+    """``argmax`` and ``threshold`` give float outputs (like MONAI's ``AsDiscrete``), also from integer tokens."""
+    import torch
+
+    from monai_ext.transforms import quadtree_unpatch
+
+    meta = plan_quadtree(spatial_shape=(8, 8), patch_size=4, mode="uniform", layout="patches")  # 4 leaves of 4
+    two = np.zeros((4, 2, 4, 4), np.float32)
+    two[1, 1] = 1.0  # leaf 1 (top right) is class 1
+    want = np.zeros((1, 8, 8), np.float32)
+    want[0, :4, 4:] = 1
+    for out in (quadtree_unpatch(two, meta, layout="patches", argmax=True),
+                quadtree_unpatch(two[:, 1:], meta, layout="patches", threshold=0.5)):
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, want)
+    ints = torch.zeros((4, 3, 4, 4), dtype=torch.int64)
+    ints[3, 2] = 5  # leaf 3 (bottom right) is class 2
+    out = quadtree_unpatch(ints, meta, layout="patches", argmax=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out[0, 4:, 4:].eq(2).all() and out[0, :4].eq(0).all() and out[0, 4:, :4].eq(0).all()
