@@ -203,3 +203,22 @@ def test_unpatch_outputs_are_float_masks_and_class_indices():
     out = quadtree_unpatch(ints, meta, layout="patches", argmax=True)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
     assert out[0, 4:, 4:].eq(2).all() and out[0, :4].eq(0).all() and out[0, 4:, :4].eq(0).all()
+
+
+def test_unpatch_area_mode_against_interpolate_per_leaf():
+    """A mode outside the matrix fast path and other than bicubic (test_apf_errors.py) goes through
+    ``F.interpolate`` without ``align_corners`` (which ``"area"`` refuses)."""
+    mode = "area"
+    import torch
+    import torch.nn.functional as F
+
+    from monai_ext.transforms import quadtree_unpatch
+
+    edges = np.zeros((16, 16), bool)
+    edges[2, 3] = True  # leaves of 2, 4 and 8
+    meta = plan_quadtree(spatial_shape=(16, 16), edges=edges, patch_size=2, num_tokens=16, layout="patches")
+    tokens = np.random.default_rng(0).random((16, 1, 2, 2)).astype(np.float32)
+    out = quadtree_unpatch(tokens, meta, layout="patches", mode=mode)
+    for i, (y, x, s) in enumerate(meta["leaves"][: meta["num_leaves"]]):
+        ref = F.interpolate(torch.from_numpy(tokens[i : i + 1]), size=(int(s), int(s)), mode=mode)[0].numpy()
+        np.testing.assert_allclose(out[:, y : y + s, x : x + s], ref, rtol=1e-6, atol=1e-6)
