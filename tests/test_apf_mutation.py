@@ -23,7 +23,7 @@ def test_default_edge_parameters(monkeypatch):
 
     calls = []
 
-    def spy(image, *args):
+    def spy(image: np.ndarray, *args: object) -> np.ndarray:
         calls.append(args)
         return edges01(image, *args)
 
