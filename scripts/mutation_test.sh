@@ -45,6 +45,8 @@ case "$MODULE" in
               "$Q.x__block_counts__*" "$Q.x__count_pyramid__*" "$Q.x__build_tree__*" "$Q.x_plan_quadtree__*"
               "$Z.x_tokens_to_grid__*" "$Z.x_grid_to_tokens__*" "$Z.x_zorder_to_raster__*" "$P.x_extract_patches__*"
               "$P.x__resize_matrix__*" "$P.x__resize_up__*" "$P.x_quadtree_unpatch__*")
+      # planning from counts and the exact fixed-mode ranking (commit 26dd91a; absent before, so no mutants there)
+      SELECT+=("$Q.x__rank_splits__*" "$Q.x__check_kinds__*" "$Q.x_plan_settings__*" "$Q.x_plan_from_counts__*")
     else
       FILE=monai_ext/transforms/apf.py
       M=monai_ext.transforms.apf

@@ -1,7 +1,8 @@
 """APF planning, Z-order and patching paths left open by mutation testing (scripts/mutation_test.sh apf, see
 docs/testing.md): the edge parameters reaching the edge step, the size limits at their bounds, the early
-``num_tokens`` checks, error messages and the debug log line, Morton codes of large coordinates. References:
-the edge map with explicit parameters, sizes and messages worked out by hand, a bit-by-bit Morton loop."""
+``num_tokens`` checks, error messages and the debug log line, Morton codes of large coordinates, ``plan_settings``
+and ``plan_from_counts`` called directly, ties of the fixed-mode ranking. References: the edge map with explicit
+parameters, sizes and messages worked out by hand, a bit-by-bit Morton loop, the greedy one-split-at-a-time tree."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from monai_ext.transforms import compute_edge_map, plan_quadtree
-from monai_ext.transforms.apf.quadtree import MAX_SIDE
+from monai_ext.transforms.apf.quadtree import MAX_SIDE, plan_from_counts, plan_settings
 from monai_ext.utils.zorder import morton_encode
 
 
@@ -222,3 +223,91 @@ def test_unpatch_area_mode_against_interpolate_per_leaf():
     for i, (y, x, s) in enumerate(meta["leaves"][: meta["num_leaves"]]):
         ref = F.interpolate(torch.from_numpy(tokens[i : i + 1]), size=(int(s), int(s)), mode=mode)[0].numpy()
         np.testing.assert_allclose(out[:, y : y + s, x : x + s], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_plan_settings_defaults_one_pixel_images_and_depth():
+    """``plan_settings`` on its own (the streaming planner calls it before any read): its defaults (fixed mode,
+    grid layout), 1-pixel-wide images and a single token, and the depth rule (``max_depth`` ignored in uniform
+    mode). Expected values worked out by hand."""
+    assert plan_settings((20, 32), patch_size=4, num_tokens=16) == (4, 4, 32, 3)
+    assert plan_settings((64, 40), patch_size=4, min_size=8, mode="threshold") == (4, 8, 64, 3)
+    for shape in ((1, 5), (5, 1)):
+        assert plan_settings(shape, patch_size=1, num_tokens=1, layout="patches") == (1, 1, 8, 3)
+    for mode, max_depth, depth in (("fixed", 0, 0), ("threshold", 2, 2), ("threshold", 9, 3), ("uniform", 0, 3)):
+        assert plan_settings((64, 64), patch_size=8, num_tokens=64, mode=mode, max_depth=max_depth)[3] == depth
+    for kwargs, message in (
+        ({}, "mode='fixed' needs num_tokens (the sequence length L)."),
+        (dict(num_tokens=10), "num_tokens=10 is not a perfect square: the 'grid' layout needs L = S*S tokens "
+                              "(e.g. 9 or 16); use layout='patches' for other lengths."),
+        (dict(num_tokens=16, min_size=32), "patch_size=4 / min_size=32 is larger than the image (16 x 9, padded "
+                                           "to 16 x 16)."),
+        (dict(mode="zigzag"), "mode must be one of ('fixed', 'threshold', 'uniform'), got 'zigzag'."),
+        (dict(patch_size=6), "patch_size must be a power of two, got 6."),
+    ):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            plan_settings((16, 9), **{"patch_size": 4, **kwargs})
+    with pytest.raises(ValueError, match="^" + re.escape("empty image of spatial shape (0, 7).") + "$"):
+        plan_settings((0, 7), patch_size=1, num_tokens=1)
+
+
+def _block_sums(edges: np.ndarray, side: int, size: int) -> np.ndarray:
+    """Edge pixels of each ``size x size`` block of ``edges`` zero-padded to ``side x side`` (plain reshape sums)."""
+    full = np.zeros((side, side), np.int64)
+    full[: edges.shape[0], : edges.shape[1]] = edges != 0
+    return full.reshape(side // size, size, side // size, size).sum(axis=(1, 3))
+
+
+def test_plan_from_counts_defaults_and_count_checks():
+    """Planning from block counts gives plan_quadtree's plan of the same edge map, with the same defaults (fixed
+    mode, ``split_value=0``, grid layout), from 0 / 1, unsigned and boolean counts; each bad input is named."""
+    edges = np.zeros((24, 20), np.uint8)
+    edges[2, 3] = 1  # one edge pixel (count 1 at every depth): 10 leaves only if a count of 1 splits
+    finest = _block_sums(edges, 32, 4)
+    meta = plan_from_counts(finest, (24, 20), patch_size=4, num_tokens=16)
+    ref = plan_quadtree(edges=edges, patch_size=4, num_tokens=16)
+    assert meta["num_leaves"] == ref["num_leaves"] == 10
+    for key in ("leaves", "mask", "spatial_shape", "padded_size", "patch_size"):
+        np.testing.assert_array_equal(meta[key], ref[key])
+    for counts in (finest.astype(np.uint8), finest > 0, np.zeros((8, 8), np.int32)):
+        got = plan_from_counts(counts, (24, 20), patch_size=4, num_tokens=16, mode="threshold")
+        want = plan_quadtree(edges=edges * counts.any(), patch_size=4, num_tokens=16, mode="threshold")
+        np.testing.assert_array_equal(got["leaves"], want["leaves"])
+    uni = plan_from_counts(None, (16, 16), patch_size=4, mode="uniform", layout="patches")
+    np.testing.assert_array_equal(uni["leaves"], plan_quadtree(spatial_shape=(16, 16), patch_size=4, mode="uniform",
+                                                               layout="patches")["leaves"])
+    for counts, kwargs, message in (
+        (None, dict(mode="threshold"), "mode='threshold' needs the edge counts (finest_counts is None)."),
+        (finest[:4, :4], {}, "finest_counts of shape (4, 4): expected (8, 8), the 4 x 4 blocks of the 32 x 32 "
+                             "padded square of a 24 x 20 image."),
+        (finest.astype(float), {}, "finest_counts must hold integer counts, got dtype float64."),
+        (-finest, {}, "finest_counts holds negative counts."),
+    ):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            plan_from_counts(counts, (24, 20), **{"patch_size": 4, "num_tokens": 16, **kwargs})
+
+
+def test_fixed_mode_ties_across_levels_like_the_greedy_tree():
+    """Maps of isolated edge pixels, whose nodes tie at counts 1 and 2 over several depths: every length from 1
+    (no split fits) to past the full tree against the greedy reference, so that the ties at the ``k``-th count
+    are cut at every level and at every Z-position (shallow first, then Z-order)."""
+    rng = np.random.default_rng(7)
+    sparse = np.zeros((64, 64), bool)
+    for by in range(0, 64, 16):  # one pixel in each 16 x 16 block: ties at count 1 over depths 2-4
+        for bx in range(0, 64, 16):
+            sparse[by + rng.integers(16), bx + rng.integers(16)] = True
+    pairs = sparse.copy()
+    pairs[np.flatnonzero(sparse.any(axis=1))[::2], 1] = True  # a second pixel in some blocks: ties at 1 and 2
+    for edges in (sparse, pairs):
+        for num_tokens in range(1, 130):
+            meta = plan_quadtree(spatial_shape=(64, 64), edges=edges, patch_size=2, num_tokens=num_tokens,
+                                 layout="patches")
+            np.testing.assert_array_equal(meta["leaves"][: meta["num_leaves"]],
+                                          _greedy_fixed_leaves(edges, num_tokens, 2), err_msg=f"L={num_tokens}")
+    # 1 024 nodes of 4 x 4 tie at count 1 with one split left (L = 1 + 3 * (1 + 4 + ... + 256 + 1)): the first
+    # Z-position out of a tie set large enough that numpy's introselect leaves the rest unordered (an
+    # ``argpartition`` at ``kth = remaining - 2`` picks another node here, not in the small maps above)
+    grid = np.zeros((128, 128), bool)
+    iy, ix = np.mgrid[0:128:4, 0:128:4]
+    grid[iy + rng.integers(0, 4, iy.shape), ix + rng.integers(0, 4, ix.shape)] = True
+    meta = plan_quadtree(spatial_shape=(128, 128), edges=grid, patch_size=2, num_tokens=1027, layout="patches")
+    np.testing.assert_array_equal(meta["leaves"], _greedy_fixed_leaves(grid, 1027, 2))
