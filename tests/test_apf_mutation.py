@@ -311,3 +311,13 @@ def test_fixed_mode_ties_across_levels_like_the_greedy_tree():
     grid[iy + rng.integers(0, 4, iy.shape), ix + rng.integers(0, 4, ix.shape)] = True
     meta = plan_quadtree(spatial_shape=(128, 128), edges=grid, patch_size=2, num_tokens=1027, layout="patches")
     np.testing.assert_array_equal(meta["leaves"], _greedy_fixed_leaves(grid, 1027, 2))
+
+
+def test_argument_errors_come_before_image_and_edge_checks():
+    """plan_quadtree checks every argument (``min_size``, ``max_depth``) before it looks at the image or the edge
+    map, so a call wrong in both names the argument."""
+    message = "min_size must be a power of two >= patch_size=4 (leaves are never up-sampled), got 12."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        plan_quadtree(np.zeros((32, 32)), patch_size=4, num_tokens=16, min_size=12)  # and a 2-D image
+    with pytest.raises(ValueError, match="^" + re.escape("max_depth must be >= 0, got -1.") + "$"):
+        plan_quadtree(edges=np.ones((2, 32, 32)), spatial_shape=(32, 32), patch_size=4, num_tokens=16, max_depth=-1)
