@@ -19,6 +19,7 @@ from bundle_utils import BUNDLES, run_bundle
 
 from monai_ext.data import paip
 from monai_ext.data.synthetic.paip_pyramid import write_pyramidal_case
+from monai_ext.protocols import check_prepared
 from monai_ext.workflows import DatasetError
 from monai_ext.workflows.slides import check_slide_datalist
 from monai_ext.wsi import SlidePredictionWriterd
@@ -58,6 +59,10 @@ def test_prepare_lists_the_slides_in_place(data):
         assert e["label"] == e["image"][:-4] + "_viable.tif" and e["label_whole"] == e["image"][:-4] + "_whole.tif"
         assert e["level0_size"] == list(SIZE)
     assert not (data / "16384").exists()  # no down-scaled copy of a gigapixel slide
+    # configs/paper.yaml's data check reads the recorded resolution of a slide datalist (no image header to read)
+    assert check_prepared(data, "datalist_16384.json", image_size=16384) == "datalist_16384.json"
+    with pytest.raises(DatasetError, match="slides listed for resolution 16384, the overlay expects 32768"):
+        check_prepared(data, "datalist_16384.json", image_size=32768)
 
 
 def test_train_one_epoch_at_16384_and_infer_a_pyramidal_tiff(data, tmp_path):
