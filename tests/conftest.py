@@ -52,11 +52,14 @@ def physical_cores() -> int:
 
 def auto_workers() -> int:
     """``-n auto``'s worker count: one per physical core, but at least 2 where 2 CPUs are usable (a 2-vCPU CI box is
-    often one core with two hyperthreads, and the serial suite keeps only ~0.75 of a CPU busy: processes start,
-    wait, sleep), capped by the usable CPUs and the cgroup quota. ``-n logical`` would give a 16-thread box 16."""
+    often one core with two hyperthreads), capped by the usable CPUs and the cgroup quota, plus one where 2 or more
+    CPUs are usable: a worker waits a third of its time (bundle subprocesses starting, torchrun rendezvous, sleeps),
+    and a third worker fills those gaps (docs/testing.md "Suite time": 523 s with 3 workers on 2 cores against
+    616-631 s with 2). ``-n logical`` would give a 16-thread box 16."""
     cpus = len(_usable_cpus())
     usable = min(cpus, _cpu_quota() or cpus)
-    return max(1, min(usable, max(2, physical_cores())))
+    base = max(1, min(usable, max(2, physical_cores())))
+    return base + 1 if usable >= 2 else base
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
