@@ -41,10 +41,12 @@ case "$MODULE" in
       # (only these three files are mutated: generating mutants for all of monai_ext/* took minutes)
       FILE='monai_ext/utils/zorder.py monai_ext/transforms/apf/quadtree.py monai_ext/transforms/apf/functional.py'
       Z=monai_ext.utils.zorder Q=monai_ext.transforms.apf.quadtree P=monai_ext.transforms.apf.functional
+      # (_block_counts is block_counts since the whole-slide planner reuses it; both names, for old and new REFs)
       SELECT=("$Z.x__part1by1__*" "$Z.x_morton_encode__*" "$Z.x_zorder_grid__*" "$Z.x_grid_side__*"
-              "$Q.x__block_counts__*" "$Q.x__count_pyramid__*" "$Q.x__build_tree__*" "$Q.x_plan_quadtree__*"
+              "$Q.x__block_counts__*" "$Q.x_block_counts__*" "$Q.x__count_pyramid__*" "$Q.x__build_tree__*"
+              "$Q.x_plan_quadtree__*"
               "$Z.x_tokens_to_grid__*" "$Z.x_grid_to_tokens__*" "$Z.x_zorder_to_raster__*" "$P.x_extract_patches__*"
-              "$P.x__resize_matrix__*" "$P.x__resize_up__*" "$P.x_quadtree_unpatch__*")
+              "$P.x__resize_matrix__*" "$P.x__resize_up__*" "$P.x_quadtree_unpatch__*" "$P.x_leaf_tokens__*")
       # planning from counts and the exact fixed-mode ranking (commit 26dd91a; absent before, so no mutants there)
       SELECT+=("$Q.x__rank_splits__*" "$Q.x__check_kinds__*" "$Q.x_plan_settings__*" "$Q.x_plan_from_counts__*")
     else

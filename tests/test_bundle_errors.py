@@ -11,6 +11,7 @@ import torch
 from bundle_utils import BUNDLES, run_bundle
 
 from monai_ext.data import vindr_cxr
+from monai_ext.data.slide import SlideError
 from monai_ext.workflows import DatasetError, ResumeError, entry
 
 VINDR = BUNDLES / "vindr_cxr_cardiomegaly_classification"
@@ -43,6 +44,12 @@ def test_hook_prints_the_user_error_last(capsys, monkeypatch, debug):
     hook(type(other), other, other.__traceback__)
     assert len(calls) == (2 if debug else 1)  # anything else: Python's usual traceback
     assert entry.user_error_in(_chained(ResumeError("x"))) is not None
+    # a data error raised while a transform reads a file (e.g. a slide tile that cannot be decoded, during the
+    # cache fill of a gigapixel run) is the user's too: MONAI wraps it in "applying transform"
+    slide = _chained(SlideError("/d/s.svs", "level 0 tile 3 cannot be decoded (ValueError: truncated)"))
+    hook(type(slide), slide, slide.__traceback__)
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == (
+        "/d/s.svs: level 0 tile 3 cannot be decoded (ValueError: truncated)")
 
 
 def _last_lines(text: str, n: int) -> list[str]:

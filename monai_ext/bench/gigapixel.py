@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.env import peak_rss_mib
 from .machine import GIB, MachineInfo, available_memory_bytes
 from .report import artifact_dir, fmt_num, md_table, update_section, write_csv
 
@@ -64,19 +64,6 @@ def _slide(work_dir: Path, size: int, workers: int) -> Path:
     return path
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB: ``VmHWM`` of ``/proc/self/status`` (Linux; reset by
-    ``execve``, unlike ``getrusage``'s ``ru_maxrss``, which a child inherits from the process that started it),
-    else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _measure(mode: str, slide: str, s: dict[str, Any]) -> dict[str, Any]:
     """One measurement in this process (the child): seconds to plan and to extract (imports done before the
     clock starts), peak RSS."""
@@ -87,7 +74,7 @@ def _measure(mode: str, slide: str, s: dict[str, Any]) -> dict[str, Any]:
     from monai_ext.transforms import extract_patches, plan_quadtree
     from monai_ext.wsi import extract_slide_patches, plan_slide
 
-    rss0 = _peak_rss_mib()
+    rss0 = peak_rss_mib()
     t0 = time.perf_counter()
     if mode == "streaming":
         with TiledSlide(slide) as sl:
@@ -107,7 +94,7 @@ def _measure(mode: str, slide: str, s: dict[str, Any]) -> dict[str, Any]:
         logger.info("in memory: level 0 decoded in %.1f s", t_read - t0)
     t2 = time.perf_counter()
     return {"plan_s": t1 - t0, "extract_s": t2 - t1, "total_s": t2 - t0, "leaves": int(meta["num_leaves"]),
-            "tokens_shape": list(np.shape(tokens)), "rss_start_mib": rss0, "peak_rss_mib": _peak_rss_mib()}
+            "tokens_shape": list(np.shape(tokens)), "rss_start_mib": rss0, "peak_rss_mib": peak_rss_mib()}
 
 
 def _child(mode: str, slide: Path, s: GigapixelSettings) -> dict[str, Any]:

@@ -33,19 +33,28 @@ from .limits import check_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_REGION_PIXELS", "SlideError", "TiledMask", "TiledSlide", "slide_mpp"]
+__all__ = ["MAX_REGION_PIXELS", "SLIDE_SUFFIXES", "SlideError", "TiledMask", "TiledSlide", "slide_id", "slide_mpp"]
 
 #: the largest region decoded at once (pixels), a guard against a tile request that would decode a whole slide
 MAX_REGION_PIXELS = 64 * 2**20
 _OME_UNITS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
 
 
-class SlideError(ValueError):
-    """A slide cannot be used; the message names the file and the problem."""
+#: file suffixes of whole-slide images (Aperio SVS, pyramidal / OME TIFF)
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
+
+def slide_id(path: str | os.PathLike) -> str:
+    """The slide's name: its file name without the slide suffix (TCGA barcodes keep their dots)."""
+    name = Path(path).name
+    for suffix in sorted(SLIDE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+class SlideError(DataError):
+    """A slide (or mask) cannot be used; the message names the file and the problem."""
 
 
 def slide_mpp(tif: tifffile.TiffFile) -> float | None:

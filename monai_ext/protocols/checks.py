@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from monai_ext.workflows.checks import DatasetError, _spatial_shape, load_datalist
+from monai_ext.workflows.slides import SLIDE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return bool(np.isclose(float(a), float(b)))
     return a == b
-
-
-#: whole-slide files, listed as they are by a streamed-resolution datalist (``prepare paip --resolutions 16384``)
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
 
 
 def check_prepared(dataset_dir: str | Path, datalist: str, image_size: int | Sequence[int] | None = None,
@@ -58,7 +55,7 @@ def check_prepared(dataset_dir: str | Path, datalist: str, image_size: int | Seq
             raise DatasetError(f"{path}: split {split!r} is empty{hint}")
         image = Path(items[0]["image"])
         recorded_res = body.get("resolution")
-        if image.suffix.lower() in SLIDE_SUFFIXES and isinstance(image_size, int) and recorded_res is not None:
+        if image.name.lower().endswith(SLIDE_SUFFIXES) and isinstance(image_size, int) and recorded_res is not None:
             # a streamed-slide datalist (gigapixel overlay): the slide is read at the recorded resolution
             if int(recorded_res) != int(image_size):
                 raise DatasetError(f"{path}: slides listed for resolution {recorded_res}, the overlay expects "

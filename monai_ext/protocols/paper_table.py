@@ -19,23 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from monai_ext.reports.compare import compare_table
+from monai_ext.utils.env import peak_rss_mib
 
 from .variants import bundle_variants
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_measured", "run_paper_table"]
-
-
-def _hwm_mib(pid: int) -> float | None:
-    """The process's peak resident set size so far (``VmHWM`` of ``/proc/<pid>/status``), MiB; None if unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def run_measured(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None,
@@ -50,7 +40,7 @@ def run_measured(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = 
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env) if env is not None else None)
     peak: float | None = None
     while proc.poll() is None:
-        hwm = _hwm_mib(proc.pid)
+        hwm = peak_rss_mib(proc.pid)
         if hwm is not None:
             peak = max(peak or 0.0, hwm)
         time.sleep(poll_s)

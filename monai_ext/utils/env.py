@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "PACKAGES",
+    "peak_rss_mib",
     "cpu_model",
     "device_info",
     "git_info",
@@ -137,3 +138,16 @@ def device_info(device: Any = None) -> dict[str, Any]:
         info.update(gpu=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version())
     return info
+
+
+def peak_rss_mib(pid: int | str = "self") -> float | None:
+    """Peak resident set size so far of process ``pid`` (default this one) in MiB: ``VmHWM`` of
+    ``/proc/<pid>/status`` (Linux; reset by ``execve``, unlike ``getrusage``'s ``ru_maxrss``, which a child
+    inherits from the process that started it); None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

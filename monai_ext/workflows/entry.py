@@ -36,9 +36,10 @@ BENIGN_WARNINGS: tuple[str, ...] = (
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message alone tells the user what is wrong (file and problem)."""
+    from ..data.common import DataError  # one input file and its problem (a slide tile that cannot be decoded ...)
     from ..utils.checkpoint import CheckpointError
 
-    return DatasetError, ResumeError, CheckpointError
+    return DatasetError, DataError, ResumeError, CheckpointError
 
 
 def user_error_in(exc: BaseException | None) -> BaseException | None:

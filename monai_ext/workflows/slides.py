@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..data.common import DataError
-from ..data.slide import TiledMask, TiledSlide
+from ..data.slide import SLIDE_SUFFIXES, TiledMask, TiledSlide
 from .checks import DatasetError, load_datalist
 from .inference import InputList
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_slide_datalist", "screen_slides"]
+__all__ = ["SLIDE_SUFFIXES", "check_slide_datalist", "screen_slides"]
 
 
 def _slide_problem(image: Any, label: Any | None, resolution: int | None = None) -> str | None:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from ..data.slide import SlideError, TiledSlide
 from ..transforms.apf.edges import edges01
-from ..transforms.apf.quadtree import plan_from_counts, plan_settings
+from ..transforms.apf.quadtree import block_counts, plan_from_counts, plan_settings
 from ..transforms.apf.utils import is_pow2
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ def stream_edge_counts(
         gh, gw = -(-th // cell), -(-tw // cell)
         if (gh * cell, gw * cell) != (th, tw):
             e = np.pad(e, ((0, gh * cell - th), (0, gw * cell - tw)))
-        sat = cv2.integral(np.ascontiguousarray(e), sdepth=cv2.CV_32S)[::cell, ::cell].astype(np.int64)
-        return ty // cell, tx // cell, sat[1:, 1:] - sat[:-1, 1:] - sat[1:, :-1] + sat[:-1, :-1]
+        return ty // cell, tx // cell, block_counts(np.ascontiguousarray(e), cell)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         bar = tqdm(pool.map(work, cores), total=len(cores), desc="APF edge counts", unit="tile", disable=not progress)

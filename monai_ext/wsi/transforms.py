@@ -15,7 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from ..data.slide import TiledSlide
+from ..data.slide import TiledSlide, slide_id
 from ..transforms.apf.quadtree import meta_values
 from ..utils.zorder import grid_side, zorder_grid
 from .extract import extract_mask_patches, extract_slide_patches
@@ -134,12 +134,7 @@ class SlidePredictionWriterd(MapTransform):
 
     def output_path(self, slide_path: str | Path) -> Path:
         """``<output_dir>/<slide name without suffix>_<postfix>.tif``."""
-        name = Path(slide_path).name
-        for suffix in (".ome.tiff", ".ome.tif", ".svs", ".tiff", ".tif"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return self.output_dir / f"{name}_{self.postfix}.tif"
+        return self.output_dir / f"{slide_id(slide_path)}_{self.postfix}.tif"
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

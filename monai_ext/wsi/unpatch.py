@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from ..transforms.apf.functional import leaf_tokens
 from ..transforms.apf.quadtree import meta_values
 from ..utils.tiff_pyramid import write_pyramid
-from ..utils.zorder import grid_to_tokens
 from .planner import slide_geometry
 
 __all__ = ["LeafRenderer", "write_prediction_pyramid"]
@@ -89,19 +88,11 @@ class LeafRenderer:
 
 
 def _real_tokens(patched: Any, meta: Mapping[str, Any], layout: str) -> tuple[np.ndarray, np.ndarray]:
-    leaves, mask, _h, _w, _side, p = meta_values(meta)
-    t = patched.as_tensor() if hasattr(patched, "as_tensor") else patched
-    t = torch.as_tensor(t).detach().float().cpu()
-    if layout == "grid":
-        if t.ndim != 3:
-            raise ValueError(f"grid layout expects (K, S*p, S*p), got {tuple(t.shape)}.")
-        t = grid_to_tokens(t, p)
-    elif t.ndim != 4 or tuple(t.shape[2:]) != (p, p):
-        raise ValueError(f"patches layout expects (L, K, {p}, {p}), got {tuple(t.shape)}.")
-    if t.shape[0] != leaves.shape[0]:
-        raise ValueError(f"{t.shape[0]} tokens given but the metadata has L={leaves.shape[0]}.")
+    """``(n, K, p, p)`` float32 predictions and ``(n, 3)`` boxes of the real (not padding) leaves."""
+    tokens = leaf_tokens(patched, meta, layout).detach().float().cpu().numpy()
+    leaves, mask = meta_values(meta)[:2]
     real = np.flatnonzero(mask)
-    return t.numpy()[real], leaves[real]
+    return tokens[real], leaves[real]
 
 
 def write_prediction_pyramid(

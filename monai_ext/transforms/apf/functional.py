@@ -19,7 +19,7 @@ from . import utils
 from .quadtree import meta_values, plan_quadtree
 from .utils import ArrayLike, check_chw, cv2, to_numpy
 
-__all__ = ["extract_patches", "quadtree_patch", "quadtree_unpatch"]
+__all__ = ["extract_patches", "leaf_tokens", "quadtree_patch", "quadtree_unpatch"]
 
 
 def _sum_dtype(dtype: np.dtype, block: int) -> np.dtype:
@@ -188,6 +188,29 @@ def _resize_up(x: torch.Tensor, s: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(s, s), mode=mode, **kwargs)
 
 
+def leaf_tokens(patched: ArrayLike, meta: Mapping[str, Any], layout: str = "grid") -> torch.Tensor:
+    """The per-leaf predictions ``(L, K, p, p)`` of one sample's ``patched`` output, ``(K, S*p, S*p)``
+    (``layout="grid"``) or ``(L, K, p, p)`` (``"patches"``), checked against its APF metadata ``meta``; a tensor
+    on ``patched``'s device (numpy input: CPU)."""
+    leaves, _mask, _h, _w, _side, p = meta_values(meta)
+    t = patched
+    if not isinstance(t, torch.Tensor):
+        t = torch.from_numpy(np.array(t))
+    elif hasattr(t, "as_tensor"):
+        t = t.as_tensor()
+    if layout == "grid":
+        if t.ndim != 3:
+            raise ValueError(f"grid layout expects (K, S*p, S*p), got {tuple(t.shape)}.")
+        tokens = grid_to_tokens(t, p)
+    else:
+        if t.ndim != 4 or tuple(t.shape[2:]) != (p, p):
+            raise ValueError(f"patches layout expects (L, K, {p}, {p}), got {tuple(t.shape)}.")
+        tokens = t
+    if tokens.shape[0] != leaves.shape[0]:
+        raise ValueError(f"{tokens.shape[0]} tokens given but the metadata has L={leaves.shape[0]}.")
+    return tokens
+
+
 def quadtree_unpatch(
     patched: ArrayLike,
     meta: Mapping[str, Any],
@@ -218,21 +241,7 @@ def quadtree_unpatch(
     if layout not in ("grid", "patches"):
         raise ValueError(f"layout must be 'grid' or 'patches', got {layout!r}.")
     leaves, mask, h, w, side, p = meta_values(meta)
-    t = patched
-    if not isinstance(t, torch.Tensor):
-        t = torch.from_numpy(np.array(t))
-    elif hasattr(t, "as_tensor"):
-        t = t.as_tensor()
-    if layout == "grid":
-        if t.ndim != 3:
-            raise ValueError(f"grid layout expects (K, S*p, S*p), got {tuple(t.shape)}.")
-        tokens = grid_to_tokens(t, p)
-    else:
-        if t.ndim != 4 or tuple(t.shape[2:]) != (p, p):
-            raise ValueError(f"patches layout expects (L, K, {p}, {p}), got {tuple(t.shape)}.")
-        tokens = t
-    if tokens.shape[0] != leaves.shape[0]:
-        raise ValueError(f"{tokens.shape[0]} tokens given but the metadata has L={leaves.shape[0]}.")
+    tokens = leaf_tokens(patched, meta, layout)
     if tokens.dtype not in (torch.float16, torch.float32, torch.float64):
         tokens = tokens.float()
     binary_argmax = argmax and tokens.shape[1] == 2 and mode in ("bilinear", "nearest", "nearest-exact")

@@ -26,17 +26,18 @@ APF_MODES = ("fixed", "threshold", "uniform")
 MAX_SIDE = 131072
 
 
-def _block_counts(e01: np.ndarray, size: int) -> np.ndarray:
-    """Edge counts of the ``size x size`` blocks of a square ``(N, N)`` 0/1 map ``e01``, from a
-    summed-area table sampled every ``size`` pixels."""
-    n = e01.shape[0]
+def block_counts(e01: np.ndarray, size: int) -> np.ndarray:
+    """Edge counts ``(H / size, W / size)`` int64 of the ``size x size`` blocks of a 0/1 map ``e01`` ``(H, W)``
+    (both multiples of ``size``), from a summed-area table sampled every ``size`` pixels. Used on the whole
+    padded square here and on each tile of a slide by the streaming planner."""
+    h, w = e01.shape
     if size == 1:
         return e01.astype(np.int64)
     if utils.HAS_CV2:
-        sat = cv2.integral(e01, sdepth=cv2.CV_32S if n * n < 2**31 else cv2.CV_64F)
+        sat = cv2.integral(e01, sdepth=cv2.CV_32S if h * w < 2**31 else cv2.CV_64F)
         s = sat[::size, ::size].astype(np.int64)
     else:
-        s = np.zeros((n // size + 1, n // size + 1), dtype=np.int64)
+        s = np.zeros((h // size + 1, w // size + 1), dtype=np.int64)
         s[1:, 1:] = e01.cumsum(axis=0, dtype=np.int64)[size - 1 :: size].cumsum(axis=1)[:, size - 1 :: size]
     return s[1:, 1:] - s[:-1, 1:] - s[1:, :-1] + s[:-1, :-1]
 
@@ -331,7 +332,7 @@ def plan_quadtree(
             padded = np.zeros((side, side), dtype=np.uint8)
             padded[:h, :w] = e01
             e01 = padded
-        finest = _block_counts(np.ascontiguousarray(e01), m)
+        finest = block_counts(np.ascontiguousarray(e01), m)
     elif arr is not None:
         check_finite(arr, "image")
     return plan_from_counts(
